@@ -1,0 +1,186 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Poincaré-ball geometry (curvature -c, c > 0) as small pure tensor functions.
+
+Every function promotes its inputs to at least float32 and runs with autocast disabled, so fp16/bf16
+activations never reach artanh/arcosh (SPEC §1). The stability constants sit together below; with
+them every function returns finite values and finite gradients for any finite input.
+
+Accuracy at small distances. Distances are evaluated through the identity
+``arcosh(1 + 2u²) = 2·asinh(u)``, i.e. ``d(x, y) = (2/√c)·asinh(√c‖x−y‖ / √((1−c‖x‖²)(1−c‖y‖²)))``,
+which has slope 1 at 0 where arcosh has an infinite one, so gradients stay bounded as d → 0.
+``pairwise_distance`` forms ‖x−y‖² = ‖x‖² + ‖y‖² − 2⟨x,y⟩ from one matrix product; in float32 that
+cancels catastrophically for nearby points, so by default (``exact=True``) the norms and the Gram
+matrix are accumulated in float64 (cheap: one (n×d)·(d×m) product). Guarantee, tested in
+``tests/test_hyperbolic.py``: relative error ≤ 1e-5 on random clipped points and ≤ 1e-3 for pairs at
+distance ≥ 1e-2 (measured ≈ 1e-7), gradient norms bounded by the conformal factor as d → 0.
+``exact=False`` keeps everything in float32 (fine for ranking far-apart points, e.g. retrieval).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Stability constants, in one place (compare hyptorch: 1e-5 / ±15 / 1e-3; geoopt: 4e-3 for fp32).
+MIN_NORM = 1e-15  # floor for vector norms (avoids 0/0 in v/‖v‖)
+BALL_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}  # projection margin: ‖x‖ ≤ (1 − eps)/√c
+ARTANH_MAX = 1 - 1e-5  # artanh input clamp (logmap0)
+TANH_MAX = 15.0  # tanh input clamp (expmap0)
+MIN_CONFORMAL = 1e-6  # floor for 1 − c‖x‖² (points given on or outside the boundary)
+MIN_SQDIST = 1e-30  # floor under ‖x−y‖² before the sqrt: d(x, x) = 0 with zero gradient
+
+__all__ = [
+    "mobius_add",
+    "expmap0",
+    "logmap0",
+    "project",
+    "clip_features",
+    "distance",
+    "pairwise_distance",
+    "to_lorentz",
+    "lorentz_query",
+    "conformal_factor",
+]
+
+
+def _fp32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Promote half/bfloat16 tensors to float32; float64 stays float64."""
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _norm(x: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
+    """‖x‖ over the last dim with a floor, so that its gradient is finite at 0."""
+    return x.pow(2).sum(-1, keepdim=keepdim).clamp_min(MIN_NORM**2).sqrt()
+
+
+def _sqrt_c(c: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(c):
+        if c <= 0:
+            raise ValueError(f"curvature c must be > 0 for the Poincaré ball, got {c}")
+        return torch.tensor(math.sqrt(c), dtype=like.dtype, device=like.device)
+    return c.to(like).sqrt()
+
+
+def conformal_factor(x: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """1 − c‖x‖² (floored at ``MIN_CONFORMAL``); λ_x = 2 / this."""
+    (x,) = _fp32(x)
+    sc = _sqrt_c(c, x)
+    return (1 - (sc * x).pow(2).sum(-1)).clamp_min(MIN_CONFORMAL)
+
+
+def project(x: torch.Tensor, c: float | torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """Pull points back inside the ball to radius (1 − eps)/√c; points inside are unchanged."""
+    (x,) = _fp32(x)
+    with _no_autocast(x.device):
+        sc = _sqrt_c(c, x)
+        eps = BALL_EPS.get(x.dtype, 4e-3) if eps is None else eps
+        maxnorm = (1 - eps) / sc
+        norm = _norm(x)
+        return torch.where(norm > maxnorm, x / norm * maxnorm, x)
+
+
+def clip_features(x: torch.Tensor, r: float = 2.3) -> torch.Tensor:
+    """Feature clipping (Guo et al., CVPR 2022): x ← min(1, r/‖x‖)·x, applied before ``expmap0``."""
+    (x,) = _fp32(x)
+    with _no_autocast(x.device):
+        return x * (r / _norm(x)).clamp_max(1.0)
+
+
+def expmap0(v: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """Exponential map at the origin: tanh(√c‖v‖)·v/(√c‖v‖), projected inside the ball."""
+    (v,) = _fp32(v)
+    with _no_autocast(v.device):
+        sc = _sqrt_c(c, v)
+        scn = sc * _norm(v)
+        return project(torch.tanh(scn.clamp_max(TANH_MAX)) * v / scn, c)
+
+
+def logmap0(y: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """Logarithmic map at the origin (inverse of ``expmap0``): artanh(√c‖y‖)·y/(√c‖y‖)."""
+    (y,) = _fp32(y)
+    with _no_autocast(y.device):
+        sc = _sqrt_c(c, y)
+        scn = sc * _norm(y)
+        return torch.atanh(scn.clamp_max(ARTANH_MAX)) * y / scn
+
+
+def mobius_add(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """Möbius addition x ⊕ y (SPEC §1), broadcasting over leading dims."""
+    x, y = _fp32(x, y)
+    with _no_autocast(x.device):
+        c = _sqrt_c(c, x).pow(2)
+        xy = (x * y).sum(-1, keepdim=True)
+        x2 = x.pow(2).sum(-1, keepdim=True)
+        y2 = y.pow(2).sum(-1, keepdim=True)
+        num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+        den = 1 + 2 * c * xy + c.pow(2) * x2 * y2
+        return num / den.clamp_min(MIN_NORM)
+
+
+def _distance_from_sq(sq: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, sc: torch.Tensor,
+                      min_sq: float = MIN_SQDIST) -> torch.Tensor:
+    """(2/√c)·asinh(√c‖x−y‖/√(cx·cy)) from ‖x−y‖² and the two conformal terms 1 − c‖·‖²."""
+    u = sc * sq.clamp_min(min_sq).sqrt() / (cx * cy).sqrt()
+    return 2 / sc * torch.asinh(u)
+
+
+def distance(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """Geodesic distance between matching rows of x and y (broadcasting); shape ``x.shape[:-1]``.
+
+    ‖x−y‖² comes from the difference itself, so it is accurate at any distance.
+    """
+    x, y = _fp32(x, y)
+    with _no_autocast(x.device):
+        sc = _sqrt_c(c, x)
+        sq = (x - y).pow(2).sum(-1)
+        return _distance_from_sq(sq, conformal_factor(x, c), conformal_factor(y, c), sc)
+
+
+def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, c: float | torch.Tensor = 0.1,
+                      exact: bool = True) -> torch.Tensor:
+    """All-pairs distance matrix (n, m) between x (n, d) and y (m, d) (y defaults to x).
+
+    Closed arcosh form from norms and one matrix product: memory O(nm), never an n×m×d tensor.
+    ``exact`` accumulates the Gram matrix and norms in float64 (see the module docstring); the
+    result is float32 for float32/half inputs either way.
+    """
+    y = x if y is None else y
+    x, y = _fp32(x, y)
+    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    with _no_autocast(x.device):
+        sc = _sqrt_c(c, x.to(out_dtype))
+        work = torch.float64 if exact else out_dtype
+        xw, yw = x.to(work), y.to(work)
+        x2 = xw.pow(2).sum(-1)
+        y2 = yw.pow(2).sum(-1)
+        sq = (x2[:, None] + y2[None, :] - 2 * xw @ yw.T).clamp_min(0).to(out_dtype)
+        cx = (1 - sc.pow(2) * x2.to(out_dtype)).clamp_min(MIN_CONFORMAL)
+        cy = (1 - sc.pow(2) * y2.to(out_dtype)).clamp_min(MIN_CONFORMAL)
+        # Without float64 the Gram form cannot resolve ‖x−y‖² below ~1e-7·‖x‖²; a matching floor keeps
+        # the sqrt's gradient from amplifying that rounding noise.
+        return _distance_from_sq(sq, cx[:, None], cy[None, :], sc, MIN_SQDIST if exact else 1e-12)
+
+
+def to_lorentz(p: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """Lift ball points p (…, d) to the hyperboloid (…, d+1): [x₀, x_s] (SPEC §1).
+
+    ``d(p, q) = (1/√c)·arcosh(c·(x₀y₀ − x_s·y_s))``, so nearest neighbours under d are the maxima of
+    the inner product ⟨lorentz_query(q), to_lorentz(p)⟩ (exact MIPS, e.g. a FAISS IP index).
+    """
+    (p,) = _fp32(p)
+    with _no_autocast(p.device):
+        sc = _sqrt_c(c, p)
+        cp = conformal_factor(p, c).unsqueeze(-1)
+        x0 = (2 - cp) / (sc * cp)  # (1 + c‖p‖²) / (√c (1 − c‖p‖²))
+        return torch.cat([x0, 2 * p / cp], dim=-1)
+
+
+def lorentz_query(p: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """Query-side lift (−x₀, x_s): its inner product with ``to_lorentz`` is −⟨x, y⟩_L (larger = closer)."""
+    q = to_lorentz(p, c)
+    return torch.cat([-q[..., :1], q[..., 1:]], dim=-1)
