@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .configuration_hvit import GEOMETRIES
 from .hyperbolic import _fp32, _no_autocast, pairwise_distance
-
-GEOMETRIES = ("poincare", "sphere", "euclidean")
 
 
 def check_geometry(geometry: str) -> str:

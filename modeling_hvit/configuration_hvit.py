@@ -1,0 +1,103 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""HViT model configuration."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+GEOMETRIES = ("poincare", "sphere", "euclidean")
+BACKBONE_TYPES = ("vit", "deit", "dinov2", "timm_wrapper")
+
+
+@strict
+class HViTConfig(PreTrainedConfig):
+    r"""
+    Configuration of an [`HViTModel`]: a ViT-family backbone and a linear head into the Poincaré ball
+    (Ermolov et al., CVPR 2022), the unit sphere, or plain Euclidean space.
+
+    Args:
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the encoder: `vit` (also DINO checkpoints), `deit`, `dinov2` or `timm_wrapper`.
+            A dict needs a `model_type` key; `None` gives a ViT-S/16 (384-d, 12 layers, 6 heads).
+        embedding_dim (`int`, *optional*, defaults to 128):
+            Output dimension of the head.
+        geometry (`str`, *optional*, defaults to `"poincare"`):
+            `"poincare"` (clip → expmap0 into the ball), `"sphere"` (L2 normalise) or `"euclidean"`.
+        curvature (`float`, *optional*, defaults to 0.1):
+            c of the ball of curvature −c (Poincaré geometry only).
+        clip_radius (`float`, *optional*, defaults to 2.3):
+            Feature clipping radius r applied before expmap0; `None` disables clipping.
+        freeze_patch_embed (`bool`, *optional*, defaults to `True`):
+            Freeze the patch embedding, as in the paper's runs.
+        freeze_blocks (`int`, *optional*, defaults to 0):
+            Also freeze the first N transformer blocks.
+        backbone_hidden_size (`int`, *optional*):
+            Width of the encoder output; read from `backbone_config.hidden_size` when it has one
+            (timm backbones take it from the model at build time).
+        delta_rel (`float`, *optional*):
+            Relative δ-hyperbolicity of the training features, recorded when the curvature was
+            estimated from it (`train_hvit.py --curvature auto`).
+
+    Example:
+
+    ```python
+    >>> from modeling_hvit import HViTConfig, HViTModel
+    >>> config = HViTConfig(backbone_config={"model_type": "vit", "hidden_size": 384, "num_hidden_layers": 12,
+    ...                                      "num_attention_heads": 6, "intermediate_size": 1536})
+    >>> model = HViTModel(config)
+    ```
+    """
+
+    model_type = "hvit"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    embedding_dim: int = 128
+    geometry: str = "poincare"
+    curvature: float | int = 0.1
+    clip_radius: float | int | None = 2.3
+    freeze_patch_embed: bool = True
+    freeze_blocks: int = 0
+    backbone_hidden_size: int | None = None
+    delta_rel: float | int | None = None
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict):
+            cfg = dict(self.backbone_config)
+            model_type = cfg.pop("model_type", "vit")
+            if model_type not in CONFIG_MAPPING:
+                raise ValueError(f"backbone_config.model_type {model_type!r} is not a known transformers config type")
+            self.backbone_config = CONFIG_MAPPING[model_type](**cfg)
+        elif self.backbone_config is None:
+            self.backbone_config = CONFIG_MAPPING["vit"](
+                hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536
+            )
+        if self.backbone_hidden_size is None:
+            self.backbone_hidden_size = getattr(self.backbone_config, "hidden_size", None)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Called by `@strict`: reject settings the model cannot honour, naming the field."""
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"HViTConfig.geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.backbone_config.model_type not in BACKBONE_TYPES:
+            raise ValueError(
+                f"HViTConfig.backbone_config.model_type must be one of {BACKBONE_TYPES}, "
+                f"got {self.backbone_config.model_type!r}"
+            )
+        if self.curvature <= 0:
+            raise ValueError(f"HViTConfig.curvature must be > 0, got {self.curvature}")
+        if self.clip_radius is not None and self.clip_radius <= 0:
+            raise ValueError(f"HViTConfig.clip_radius must be > 0 or None, got {self.clip_radius}")
+        if self.embedding_dim <= 0:
+            raise ValueError(f"HViTConfig.embedding_dim must be > 0, got {self.embedding_dim}")
+        if self.freeze_blocks < 0:
+            raise ValueError(f"HViTConfig.freeze_blocks must be >= 0, got {self.freeze_blocks}")
+
+
+__all__ = ["HViTConfig"]
