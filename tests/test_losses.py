@@ -1,0 +1,206 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Pairwise cross-entropy against a float64 NumPy oracle written from SPEC §3 with explicit loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_hvit.losses import LossOutput, PairwiseCrossEntropyLoss, group_by_label, pairwise_cross_entropy
+
+
+# ---------------------------------------------------------------- oracle (NumPy float64, no torch)
+def _mobius_add(x: np.ndarray, y: np.ndarray, c: float) -> np.ndarray:
+    xy, x2, y2 = x @ y, x @ x, y @ y
+    return ((1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y) / (1 + 2 * c * xy + c * c * x2 * y2)
+
+
+def _d_hyp(x: np.ndarray, y: np.ndarray, c: float) -> float:
+    return 2 / math.sqrt(c) * math.atanh(math.sqrt(c) * np.linalg.norm(_mobius_add(-x, y, c)))
+
+
+def _sim(x: np.ndarray, y: np.ndarray, geometry: str, c: float) -> float:
+    if geometry == "poincare":
+        return -_d_hyp(x, y, c)
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+def oracle(z: np.ndarray, geometry: str, tau: float, c: float) -> tuple[float, dict]:
+    """z: (N, m, d). Σ_{i≠j} mean_k CE(logits_k, target k); plus positive logits and top-1 accuracy."""
+    n, m, _ = z.shape
+    total, pos_logits, hits, rows = 0.0, [], 0, 0
+    for i in range(m):
+        for j in range(m):
+            if i == j:
+                continue
+            pair = 0.0
+            for k in range(n):
+                cands = [_sim(z[k, i], z[l, j], geometry, c) / tau for l in range(n)]
+                cands += [_sim(z[k, i], z[l, i], geometry, c) / tau for l in range(n) if l != k]
+                top = max(cands)
+                lse = top + math.log(sum(math.exp(v - top) for v in cands))
+                pair += lse - cands[k]
+                pos_logits.append(cands[k])
+                hits += int(cands[k] > max(cands[:k] + cands[k + 1:]))
+                rows += 1
+            total += pair / n
+    return total, {"pos_logit_mean": float(np.mean(pos_logits)), "accuracy": hits / rows}
+
+
+def _ball_points(n: int, m: int, d: int, c: float, rng: np.random.Generator, scale: float = 0.8) -> np.ndarray:
+    """Random points inside the ball, with views of a class clustered so accuracy is not trivial."""
+    centres = rng.normal(size=(n, 1, d))
+    v = centres + scale * rng.normal(size=(n, m, d))
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    r = np.tanh(math.sqrt(c) * norm) / math.sqrt(c)  # expmap0 radius, textbook form
+    return v / norm * np.minimum(r, 0.9 / math.sqrt(c))
+
+
+def _flatten_class_major(z: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    n, m, d = z.shape
+    return torch.from_numpy(z.reshape(n * m, d).copy()), torch.arange(n).repeat_interleave(m)
+
+
+# ---------------------------------------------------------------- value tests
+@pytest.mark.parametrize("geometry", ["poincare", "sphere"])
+@pytest.mark.parametrize("m", [2, 3])
+def test_matches_oracle_float64(geometry, m):
+    rng = np.random.default_rng(10 * m + len(geometry))
+    c, n, d = 0.1, 5, 6
+    z = _ball_points(n, m, d, c, rng)
+    emb, labels = _flatten_class_major(z)
+    out = PairwiseCrossEntropyLoss(geometry, curvature=c)(emb, labels)
+    tau = 0.2 if geometry == "poincare" else 0.1
+    want, stats = oracle(z, geometry, tau, c)
+    assert isinstance(out, LossOutput) and out.loss.dtype == torch.float64
+    assert out.loss.item() == pytest.approx(want, rel=1e-9)
+    assert out.stats["pos_logit_mean"].item() == pytest.approx(stats["pos_logit_mean"], rel=1e-9)
+    assert out.stats["accuracy"].item() == pytest.approx(stats["accuracy"], abs=1e-6)
+    assert 0 < stats["accuracy"] < 1  # the data is neither trivial nor hopeless
+    mean = PairwiseCrossEntropyLoss(geometry, curvature=c, reduction="mean")(emb, labels).loss
+    assert mean.item() == pytest.approx(want / (m * (m - 1)), rel=1e-9)
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "sphere"])
+def test_float32_and_half_inputs_computed_in_fp32(geometry):
+    rng = np.random.default_rng(3)
+    z = _ball_points(6, 3, 8, 0.1, rng)
+    emb, labels = _flatten_class_major(z)
+    want, _ = oracle(z, geometry, 0.2 if geometry == "poincare" else 0.1, 0.1)
+    loss_fn = PairwiseCrossEntropyLoss(geometry)
+    out32 = loss_fn(emb.float(), labels)
+    assert out32.loss.dtype == torch.float32
+    assert out32.loss.item() == pytest.approx(want, rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = loss_fn(emb.bfloat16(), labels)
+    assert out16.loss.dtype == torch.float32  # upcast, not bf16 arithmetic
+    want16, _ = oracle(emb.bfloat16().double().numpy().reshape(z.shape), geometry,
+                       0.2 if geometry == "poincare" else 0.1, 0.1)
+    assert out16.loss.item() == pytest.approx(want16, rel=1e-5)
+
+
+def test_custom_temperature_and_curvature():
+    rng = np.random.default_rng(4)
+    c = 0.3
+    z = _ball_points(4, 2, 5, c, rng)
+    emb, labels = _flatten_class_major(z)
+    out = pairwise_cross_entropy(emb, labels, "poincare", temperature=0.5, curvature=c)
+    assert out.loss.item() == pytest.approx(oracle(z, "poincare", 0.5, c)[0], rel=1e-9)
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "sphere"])
+def test_gradcheck(geometry):
+    rng = np.random.default_rng(5)
+    emb, labels = _flatten_class_major(_ball_points(3, 3, 4, 0.1, rng))
+    emb.requires_grad_(True)
+    loss_fn = PairwiseCrossEntropyLoss(geometry)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels).loss, (emb,), eps=1e-6, atol=1e-5)
+
+
+def test_gradient_finite_for_identical_views():
+    """Two views of a class at the same point (d = 0) must not give NaN gradients."""
+    x = torch.randn(4, 8) * 0.3
+    emb = x.repeat_interleave(2, dim=0).requires_grad_(True)
+    out = PairwiseCrossEntropyLoss("poincare")(emb, torch.arange(4).repeat_interleave(2))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(emb.grad).all()
+
+
+# ---------------------------------------------------------------- layout from labels
+def test_any_order_that_keeps_within_class_order_gives_same_loss():
+    """Slots come from the labels: class-major, interleaved and shuffled batches agree with the oracle."""
+    rng = np.random.default_rng(6)
+    n, m, d = 5, 3, 6
+    z = _ball_points(n, m, d, 0.1, rng)
+    want, _ = oracle(z, "poincare", 0.2, 0.1)
+    loss_fn = PairwiseCrossEntropyLoss("poincare")
+    label_values = rng.permutation(1000)[:n]  # arbitrary, unsorted, non-contiguous label ids
+    for trial in range(4):
+        pos = rng.permutation(n * m).reshape(n, m)
+        pos.sort(axis=1)  # slot r of class k goes to the r-th position of that class in the batch
+        emb = torch.zeros(n * m, d, dtype=torch.float64)
+        labels = torch.zeros(n * m, dtype=torch.long)
+        for k in range(n):
+            for r in range(m):
+                emb[pos[k, r]] = torch.from_numpy(z[k, r])
+                labels[pos[k, r]] = int(label_values[k])
+        assert loss_fn(emb, labels).loss.item() == pytest.approx(want, rel=1e-9), trial
+
+
+def test_group_by_label_layout():
+    emb = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    labels = torch.tensor([7, 3, 7, 3, 9, 9])
+    z, classes = group_by_label(emb, labels)
+    assert classes.tolist() == [3, 7, 9]
+    assert z[:, :, 0].tolist() == [[2.0, 6.0], [0.0, 4.0], [8.0, 10.0]]
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([0, 0, 1, 1, 1, 2], r"exactly m=2 samples.*1: 3, 2: 1"),
+    ([0, 0, 0, 1, 1, 1], r"exactly m=2 samples.*0: 3, 1: 3"),  # samples_per_class=2 given below
+    ([0, 1, 2, 3, 4, 5], r"m ≥ 2"),
+])
+def test_wrong_layout_raises(labels, match):
+    emb = torch.randn(6, 4) * 0.1
+    m = 2 if labels == [0, 0, 0, 1, 1, 1] else None
+    with pytest.raises(ValueError, match=match):
+        PairwiseCrossEntropyLoss(samples_per_class=m)(emb, torch.tensor(labels))
+
+
+def test_bad_arguments_raise():
+    emb = torch.randn(4, 3) * 0.1
+    labels = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="labels must have shape"):
+        PairwiseCrossEntropyLoss()(emb, labels[:3])
+    with pytest.raises(ValueError, match="integer"):
+        PairwiseCrossEntropyLoss()(emb, labels.float())
+    with pytest.raises(ValueError, match=r"shape \(batch, dim\)"):
+        PairwiseCrossEntropyLoss()(emb[None], labels)
+    with pytest.raises(ValueError, match="geometry must be one of"):
+        PairwiseCrossEntropyLoss("hyperbolic")
+    with pytest.raises(ValueError, match="no default temperature"):
+        PairwiseCrossEntropyLoss("euclidean")
+    with pytest.raises(ValueError, match="reduction"):
+        PairwiseCrossEntropyLoss(reduction="none")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        PairwiseCrossEntropyLoss(temperature=0.0)
+    with pytest.raises(ValueError, match="curvature must be > 0"):
+        PairwiseCrossEntropyLoss(curvature=0.0)
+
+
+def test_euclidean_geometry_with_explicit_temperature():
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(3, 2, 4))
+    emb, labels = _flatten_class_major(z)
+    out = PairwiseCrossEntropyLoss("euclidean", temperature=1.0)(emb, labels)
+    # Brute force with explicit loops and −‖x − y‖ similarities.
+    want = 0.0
+    for i, j in [(0, 1), (1, 0)]:
+        for k in range(3):
+            cands = [-np.linalg.norm(z[k, i] - z[l, j]) for l in range(3)]
+            cands += [-np.linalg.norm(z[k, i] - z[l, i]) for l in range(3) if l != k]
+            want += (math.log(sum(math.exp(v) for v in cands)) - cands[k]) / 3
+    assert out.loss.item() == pytest.approx(want, rel=1e-6)
