@@ -1,0 +1,144 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Class-pair sampler: a flat, epoch-seeded index stream in blocks of N classes × m samples (SPEC §4).
+
+Why flat: the Trainer only hands a *sampler* to its DataLoader (``batch_size`` = per-device batch)
+and accelerate's ``BatchSamplerShard`` gives rank r the batches r, r + W, r + 2W, … of that stream.
+So the stream is the **global** one, identical on every rank (seeded by ``(seed, epoch)`` only,
+never by global RNG), and it is built in *global steps*: W consecutive batches whose
+W·batch_size/m classes are all distinct, so the gathered global batch has unique classes.
+
+An epoch: a seeded permutation of all classes, cut into ``floor(C / (W·batch_size/m))`` global
+steps; every class appears at most once per epoch and the leftover classes (fewer than one global
+step) are dropped, a different set each epoch. With ``drop_last=False`` the last global step is
+completed with classes already used this epoch instead, so every class appears at least once.
+For each class, m of its samples are drawn without replacement; a class with k < m samples gives
+all k once plus m − k drawn with replacement (the only case of replacement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["ClassPairSampler"]
+
+
+class ClassPairSampler(Sampler[int]):
+    """Flat index stream: consecutive ``batch_size`` blocks hold ``batch_size / m`` classes × m samples.
+
+    Args:
+        labels: the integer class of every dataset item, in dataset order (collect them *before*
+            attaching a lazy transform, see HF_NOTES §3.1).
+        samples_per_class: m ≥ 2, consecutive samples of one class inside a batch.
+        batch_size: per-device batch size, a multiple of m.
+        world_size: number of processes W; the stream covers all of them (shard it with
+            accelerate, or take batches r, r + W, … yourself).
+        seed: base seed; epoch e uses ``numpy.random.default_rng([seed, e])``.
+        drop_last: drop the last incomplete global step (default, SPEC §4) or complete it with
+            classes already seen this epoch.
+
+    ``len(sampler)`` is the exact number of indices per epoch (all ranks together);
+    ``steps_per_epoch`` is the number of optimiser steps (= batches per rank). Call
+    ``set_epoch(e)`` before iterating (the Trainer does).
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray | torch.Tensor, samples_per_class: int,
+                 batch_size: int, world_size: int = 1, seed: int = 0, drop_last: bool = True):
+        labels = _as_label_array(labels)
+        for name, value, low in (("samples_per_class", samples_per_class, 2), ("batch_size", batch_size, 1),
+                                 ("world_size", world_size, 1)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"ClassPairSampler: {name} must be an integer ≥ {low}, got {value!r}")
+        if batch_size % samples_per_class:
+            raise ValueError(
+                f"ClassPairSampler: batch_size={batch_size} (per device) must be a multiple of "
+                f"samples_per_class={samples_per_class}, e.g. {max(1, batch_size // samples_per_class) * samples_per_class}")
+        self.samples_per_class = int(samples_per_class)
+        self.batch_size = int(batch_size)
+        self.world_size = int(world_size)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self.classes, inverse = np.unique(labels, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        self._members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])  # dataset indices per class
+        need = self.classes_per_step
+        if len(self.classes) < need:
+            raise ValueError(
+                f"ClassPairSampler: the dataset has {len(self.classes)} classes but one global batch of "
+                f"{self.batch_size}×{self.world_size} (per-device batch × processes) with samples_per_class="
+                f"{self.samples_per_class} needs {need} distinct classes; lower batch_size "
+                f"(≤ {len(self.classes) // self.world_size * self.samples_per_class} per device), "
+                f"samples_per_class or the number of processes")
+
+    @property
+    def classes_per_batch(self) -> int:
+        """N per device batch = batch_size / m."""
+        return self.batch_size // self.samples_per_class
+
+    @property
+    def classes_per_step(self) -> int:
+        """Distinct classes in one global batch = W · batch_size / m."""
+        return self.world_size * self.classes_per_batch
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global steps (= batches each rank sees) per epoch."""
+        full, rest = divmod(self.num_classes, self.classes_per_step)
+        return full + int(rest > 0 and not self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.world_size * self.batch_size
+
+    def _class_order(self, rng: np.random.Generator) -> np.ndarray:
+        """Class indices (into ``self.classes``) for the epoch, length steps_per_epoch · classes_per_step."""
+        perm = rng.permutation(self.num_classes)
+        g = self.classes_per_step
+        full = (self.num_classes // g) * g
+        if self.drop_last or full == self.num_classes:
+            return perm[:full]
+        # Complete the last step with distinct classes not in it (all were used once this epoch).
+        tail = perm[full:]
+        filler = rng.choice(perm[:full], size=g - len(tail), replace=False)
+        return np.concatenate([perm, filler])
+
+    def _draw(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        m = self.samples_per_class
+        if len(members) >= m:
+            return members[rng.choice(len(members), size=m, replace=False)]
+        extra = rng.integers(0, len(members), size=m - len(members))
+        return members[rng.permutation(np.concatenate([np.arange(len(members)), extra]))]
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = self._class_order(rng)
+        stream = np.concatenate([self._draw(self._members[k], rng) for k in order]) if len(order) else []
+        return iter(int(i) for i in stream)
+
+
+def _as_label_array(labels: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    try:
+        arr = np.asarray(labels)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"ClassPairSampler: labels must be a 1-D sequence of integers ({err})") from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"ClassPairSampler: labels must be a non-empty 1-D sequence of integers, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        bad = 0
+        if arr.dtype.kind == "f":  # point at the first non-integral value, if any
+            bad = int(np.argmax(arr != np.round(arr))) if (arr != np.round(arr)).any() else 0
+        raise ValueError(f"ClassPairSampler: labels must be integers (class ids), got dtype {arr.dtype}; "
+                         f"first offending item at index {bad}: {arr[bad].item()!r}")
+    return arr
