@@ -12,8 +12,10 @@ which has slope 1 at 0 where arcosh has an infinite one, so gradients stay bound
 cancels catastrophically for nearby points, so by default (``exact=True``) the norms and the Gram
 matrix are accumulated in float64 (cheap: one (n×d)·(d×m) product). Guarantee, tested in
 ``tests/test_hyperbolic.py``: relative error ≤ 1e-5 on random clipped points and ≤ 1e-3 for pairs at
-distance ≥ 1e-2 (measured ≈ 1e-7), gradient norms bounded by the conformal factor as d → 0.
-``exact=False`` keeps everything in float32 (fine for ranking far-apart points, e.g. retrieval).
+distance ≥ 1e-2 (measured ≈ 3e-7); distances below ≈ 1e-6·λ (the float64 noise floor) are returned
+as 0, and gradient norms stay below ≈ √2·λ_x as d → 0 (λ_x = 2/(1 − c‖x‖²), the conformal factor).
+``exact=False`` keeps everything in float32: same guarantee for far-apart points, but pairs closer
+than ≈ 3e-3·λ collapse to 0 (fine for ranking, e.g. retrieval; not for losses).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ BALL_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}  # projection margin: ‖x
 ARTANH_MAX = 1 - 1e-5  # artanh input clamp (logmap0)
 TANH_MAX = 15.0  # tanh input clamp (expmap0)
 MIN_CONFORMAL = 1e-6  # floor for 1 − c‖x‖² (points given on or outside the boundary)
-MIN_SQDIST = 1e-30  # floor under ‖x−y‖² before the sqrt: d(x, x) = 0 with zero gradient
+MIN_SQDIST = 1e-30  # ‖x−y‖² at or below this is 0 (d(x, x) = 0 with zero gradient)
+GRAM_NOISE = {torch.float64: 1e-13, torch.float32: 1e-6}  # relative noise floor of ‖x‖² + ‖y‖² − 2⟨x,y⟩
 
 __all__ = [
     "mobius_add",
@@ -123,10 +126,14 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> tor
 
 
 def _distance_from_sq(sq: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, sc: torch.Tensor,
-                      min_sq: float = MIN_SQDIST) -> torch.Tensor:
-    """(2/√c)·asinh(√c‖x−y‖/√(cx·cy)) from ‖x−y‖² and the two conformal terms 1 − c‖·‖²."""
-    u = sc * sq.clamp_min(min_sq).sqrt() / (cx * cy).sqrt()
-    return 2 / sc * torch.asinh(u)
+                      floor: float | torch.Tensor = MIN_SQDIST) -> torch.Tensor:
+    """(2/√c)·asinh(√c‖x−y‖/√(cx·cy)) from ‖x−y‖² and the two conformal terms 1 − c‖·‖².
+
+    ‖x−y‖² at or below ``floor`` (the rounding noise of how it was computed) counts as 0, with zero
+    gradient: d(x, x) = 0 exactly, and ∂d/∂x stays below ≈ √2·λ_x instead of growing like 1/noise.
+    """
+    r = sq.clamp_min(floor).sqrt() * (sq > floor)
+    return 2 / sc * torch.asinh(sc * r / (cx * cy).sqrt())
 
 
 def distance(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
@@ -161,9 +168,9 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, c: float |
         sq = (x2[:, None] + y2[None, :] - 2 * xw @ yw.T).clamp_min(0).to(out_dtype)
         cx = (1 - sc.pow(2) * x2.to(out_dtype)).clamp_min(MIN_CONFORMAL)
         cy = (1 - sc.pow(2) * y2.to(out_dtype)).clamp_min(MIN_CONFORMAL)
-        # Without float64 the Gram form cannot resolve ‖x−y‖² below ~1e-7·‖x‖²; a matching floor keeps
-        # the sqrt's gradient from amplifying that rounding noise.
-        return _distance_from_sq(sq, cx[:, None], cy[None, :], sc, MIN_SQDIST if exact else 1e-12)
+        # The Gram form resolves ‖x−y‖² only down to its rounding noise, ~GRAM_NOISE·(‖x‖² + ‖y‖²).
+        floor = GRAM_NOISE[work] * (x2[:, None] + y2[None, :]).to(out_dtype) + MIN_SQDIST
+        return _distance_from_sq(sq, cx[:, None], cy[None, :], sc, floor)
 
 
 def to_lorentz(p: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
@@ -171,8 +178,9 @@ def to_lorentz(p: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
 
     ``d(p, q) = (1/√c)·arcosh(c·(x₀y₀ − x_s·y_s))``, so nearest neighbours under d are the maxima of
     the inner product ⟨lorentz_query(q), to_lorentz(p)⟩ (exact MIPS, e.g. a FAISS IP index).
+    Points are projected into the ball first: x₀ grows like 1/(1 − c‖p‖²) at the boundary.
     """
-    (p,) = _fp32(p)
+    p = project(p, c)
     with _no_autocast(p.device):
         sc = _sqrt_c(c, p)
         cp = conformal_factor(p, c).unsqueeze(-1)
