@@ -1,0 +1,23 @@
+"""Test-wide settings: offline Hub, a private HF cache, and the real-data locator."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(os.environ.get("HVIT_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def real_data(*parts: str) -> Path:
+    """Path under ../shared/data; skips when absent, fails under CI=true (CI must have the data)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real data missing under CI: {path}")
+        pytest.skip(f"real data not available: {path}")
+    return path

@@ -1,0 +1,237 @@
+"""HViTConfig / HViTModel: tiny backbones, head init, geometry, freezing, save/load, remote code, pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModel, ViTConfig, ViTModel, pipeline
+
+from modeling_hvit import HViTConfig, HViTModel
+from modeling_hvit.hyperbolic import clip_features, expmap0
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
+        "image_size": 32, "patch_size": 8}
+BACKBONES = {
+    "vit": dict(model_type="vit", **TINY),
+    "deit": dict(model_type="deit", **TINY),
+    "dinov2": dict(model_type="dinov2", **{k: v for k, v in TINY.items() if k != "intermediate_size"}),
+}
+
+
+def tiny_model(backbone="vit", **kw) -> HViTModel:
+    torch.manual_seed(0)
+    kw.setdefault("embedding_dim", 16)
+    return HViTModel(HViTConfig(backbone_config=dict(BACKBONES[backbone]), **kw)).eval()
+
+
+@pytest.fixture
+def pixels():
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_output_shapes_and_cls_feature(backbone, pixels):
+    model = tiny_model(backbone)
+    out = model(pixels)
+    assert out.embeddings.shape == (3, 16) and out.embeddings.dtype == torch.float32
+    assert out.encoder_embeddings.shape == (3, 32)
+    # encoder_embeddings is the CLS token after the final LayerNorm of the backbone run on its own
+    ref = model.backbone(pixel_values=pixels).last_hidden_state[:, 0]
+    torch.testing.assert_close(out.encoder_embeddings, ref)
+    # the head: Linear → clip(2.3) → expmap0(c = 0.1), written out independently
+    z = ref @ model.head.weight.T + model.head.bias
+    z = z * torch.clamp(2.3 / z.norm(dim=-1, keepdim=True), max=1.0)
+    n = z.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(out.embeddings, torch.tanh(0.1**0.5 * n) * z / (0.1**0.5 * n))
+
+
+def test_vit_and_deit_built_without_pooler():
+    for bb in ("vit", "deit"):
+        assert not any("pooler" in n for n, _ in tiny_model(bb).named_parameters())
+
+
+@pytest.mark.parametrize("geometry", ["sphere", "euclidean"])
+def test_other_geometries(geometry, pixels):
+    model = tiny_model(geometry=geometry)
+    out = model(pixels)
+    z = out.encoder_embeddings @ model.head.weight.T + model.head.bias
+    if geometry == "sphere":
+        torch.testing.assert_close(out.embeddings.norm(dim=-1), torch.ones(3))
+        z = z / z.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(out.embeddings, z)
+
+
+def test_head_orthogonal_init_and_zero_bias():
+    for dim, hidden in ((16, 32), (64, 32)):  # semi-orthogonal both ways
+        w = tiny_model(embedding_dim=dim).head.weight.detach()
+        gram = w @ w.T if dim <= hidden else w.T @ w
+        torch.testing.assert_close(gram, torch.eye(min(dim, hidden)), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(tiny_model().head.bias) == 0
+
+
+def test_save_load_identical_and_head_not_reinitialised(tmp_path, pixels):
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight.mul_(1.7).add_(0.01)  # no longer orthogonal: a re-init on load would show
+        model.head.bias.fill_(0.25)
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py",
+            "preprocessor_config.json"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["auto_map"] == {"AutoConfig": "configuration_hvit.HViTConfig", "AutoModel": "modeling_hvit.HViTModel"}
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, HViTModel)
+    torch.testing.assert_close(loaded.head.weight, model.head.weight, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.head.bias, model.head.bias, rtol=0, atol=0)
+    torch.testing.assert_close(loaded(pixels).embeddings, model(pixels).embeddings, rtol=0, atol=0)
+    assert loaded.config.geometry == "poincare" and loaded.config.curvature == 0.1
+
+
+def test_freezing(pixels):
+    model = tiny_model(freeze_blocks=1).train()
+    model(pixels).embeddings.sum().backward()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("backbone.embeddings.patch_embeddings", "backbone.layers.0."))
+                          for n in frozen)
+    assert any(n.startswith("backbone.layers.0.") for n in frozen)
+    for n, p in model.named_parameters():
+        assert (p.grad is None) == (n in frozen), n
+    # class token, positions, later blocks and the head train (the paper freezes only the patch embedding)
+    default = tiny_model()
+    trainable = {n for n, p in default.named_parameters() if p.requires_grad}
+    assert {"backbone.embeddings.cls_token", "backbone.embeddings.position_embeddings", "head.weight"} <= trainable
+    assert not any("patch_embeddings" in n for n in trainable)
+    dinov2 = tiny_model("dinov2", freeze_blocks=2)
+    assert all(not p.requires_grad for p in dinov2.backbone.encoder.parameters())
+    with pytest.raises(ValueError, match="freeze_blocks"):
+        tiny_model(freeze_blocks=3)
+
+
+def test_config_validation_names_the_field():
+    for kw, field in [({"geometry": "hyperboloid"}, "geometry"), ({"curvature": -1.0}, "curvature"),
+                      ({"backbone_config": {"model_type": "bert"}}, "model_type")]:
+        with pytest.raises(Exception, match=field):
+            HViTConfig(**kw)
+    assert HViTConfig(curvature=1).curvature == 1  # ints accepted for float fields
+
+
+def test_config_round_trip_keeps_backbone(tmp_path):
+    cfg = HViTConfig(backbone_config=dict(BACKBONES["dinov2"]), embedding_dim=8, delta_rel=0.28, curvature=0.26)
+    cfg.save_pretrained(tmp_path)
+    back = AutoConfig.from_pretrained(tmp_path)
+    assert back.backbone_config.model_type == "dinov2" and back.backbone_hidden_size == 32
+    assert (back.delta_rel, back.curvature, back.embedding_dim) == (0.28, 0.26, 8)
+
+
+def test_sdpa_default_and_eager_selectable(tmp_path):
+    model = tiny_model()
+    assert model.config._attn_implementation == "sdpa"
+    assert model.backbone.config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path)
+    eager = HViTModel.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.backbone.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_head_kept_fp32_in_half_precision(tmp_path, pixels, dtype):
+    tiny_model().save_pretrained(tmp_path)
+    model = HViTModel.from_pretrained(tmp_path, dtype=dtype).eval()
+    assert model.head.weight.dtype == torch.float32
+    assert model.backbone.embeddings.cls_token.dtype == dtype
+    out = model(pixels.to(dtype))
+    assert out.embeddings.dtype == torch.float32 and torch.isfinite(out.embeddings).all()
+    # and under autocast the geometry still runs in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = tiny_model()(pixels).embeddings
+    assert emb.dtype == torch.float32 and torch.isfinite(emb).all()
+
+
+def test_from_backbone_loads_pretrained_weights(tmp_path, pixels):
+    torch.manual_seed(3)
+    vit = ViTModel(ViTConfig(**TINY))  # with a pooler, as Hub ViT checkpoints have
+    vit.save_pretrained(tmp_path / "vit")
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3]).save_pretrained(tmp_path / "vit")
+    model = HViTModel.from_backbone(tmp_path / "vit", embedding_dim=8, curvature=0.05).eval()
+    assert model.config.curvature == 0.05 and model.config.backbone_config.model_type == "vit"
+    assert not any("pooler" in n for n in model.state_dict())
+    torch.testing.assert_close(model(pixels).encoder_embeddings, vit.eval()(pixels).last_hidden_state[:, 0])
+    assert not model.backbone.embeddings.patch_embeddings.projection.weight.requires_grad
+    model.save_pretrained(tmp_path / "hvit")
+    proc = json.loads((tmp_path / "hvit" / "preprocessor_config.json").read_text())
+    assert proc["image_mean"] == [0.1, 0.2, 0.3]  # the backbone's processor, not a default
+
+
+def test_pipeline_returns_embeddings(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    extractor = pipeline("image-feature-extraction", model=str(tmp_path))
+    img = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype("uint8"))
+    out = np.asarray(extractor(img))
+    assert out.shape == (1, 16)
+    inputs = extractor.image_processor(img, return_tensors="pt")
+    torch.testing.assert_close(torch.from_numpy(out).float(), model(**inputs).embeddings, atol=1e-5, rtol=1e-5)
+
+
+REMOTE_SCRIPT = textwrap.dedent("""
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):  # this process cannot import the installed package
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "modeling_hvit":
+                raise ImportError("modeling_hvit is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    try:
+        import modeling_hvit
+        raise SystemExit("modeling_hvit should not be importable here")
+    except ImportError:
+        pass
+    import torch
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    x = torch.load(sys.argv[2])
+    with torch.no_grad():
+        torch.save(model(x).embeddings, sys.argv[3])
+""")
+
+
+@pytest.mark.parametrize("backbone,geometry", [("vit", "poincare"), ("dinov2", "sphere")])
+def test_remote_code_load_in_fresh_process(tmp_path, pixels, backbone, geometry):
+    model = tiny_model(backbone, geometry=geometry)
+    model.save_pretrained(tmp_path / "model")
+    torch.save(pixels, tmp_path / "x.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "model"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True, env=env, cwd=tmp_path, timeout=300)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(pixels).embeddings, rtol=0, atol=0)
+
+
+def test_timm_backbone_when_available(pixels):
+    try:
+        import timm  # noqa: F401
+    except Exception:
+        pytest.skip("timm cannot be imported here (it needs a working torchvision)")
+    cfg = {"model_type": "timm_wrapper", "architecture": "vit_tiny_patch16_224", "num_classes": 0,
+           "model_args": {"img_size": 32, "patch_size": 8, "depth": 2}}
+    model = HViTModel(HViTConfig(backbone_config=cfg, embedding_dim=16)).eval()
+    out = model(pixels)
+    assert out.embeddings.shape == (3, 16)
+    assert not any(p.requires_grad for p in model.backbone.timm_model.patch_embed.parameters())
+
+
+def test_timm_config_round_trips_without_timm(tmp_path):
+    cfg = HViTConfig(backbone_config={"model_type": "timm_wrapper", "architecture": "vit_small_patch16_224"},
+                     backbone_hidden_size=384)
+    cfg.save_pretrained(tmp_path)
+    back = AutoConfig.from_pretrained(tmp_path)
+    assert back.backbone_config.model_type == "timm_wrapper" and back.backbone_hidden_size == 384
