@@ -1,0 +1,189 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Retrieval metrics from one neighbour search: Recall@K, Precision@1, R-Precision, MAP@R, NMI.
+
+- Recall@K ("hit@K", SPEC §7): fraction of queries with at least one same-class item among the K
+  nearest gallery items (the query itself excluded in self-retrieval).
+- Precision@1, R-Precision and MAP@R as in Musgrave et al. (ECCV 2020) and pytorch-metric-learning's
+  ``AccuracyCalculator``: R is the number of same-class gallery items of the query.
+- NMI: k-means (scikit-learn, as many clusters as classes) on the query embeddings (L2-normalised
+  for ``sphere``, the raw ball/space coordinates otherwise), scored against the labels.
+
+Queries with no same-class gallery item ("lone" queries, R = 0) have no defined R-Precision/MAP@R
+and cannot hit; like PML they are left out of every retrieval metric, with a warning giving the count.
+The search streams per query block (``retrieval.iter_knn``), so memory stays O(block · k) even for
+SOP (k = 1000 neighbours of 60,502 queries would otherwise be 0.5 GB of indices).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .retrieval import iter_knn
+
+RECALL_KS: dict[str, tuple[int, ...]] = {
+    "cub": (1, 2, 4, 8, 16, 32),
+    "cars": (1, 2, 4, 8, 16, 32),
+    "sop": (1, 10, 100, 1000),
+    "inshop": (1, 10, 20, 30, 40, 50),
+}
+DEFAULT_RECALL_KS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+_ALIASES = {"cub200": "cub", "cub2002011": "cub", "cars196": "cars", "stanfordcars": "cars",
+            "stanfordonlineproducts": "sop", "inshopclothes": "inshop", "deepfashion": "inshop"}
+METRICS = ("recall", "precision@1", "r_precision", "map@r", "nmi")
+DEFAULT_METRICS = ("recall", "precision@1", "r_precision", "map@r")
+
+__all__ = ["RECALL_KS", "DEFAULT_RECALL_KS", "METRICS", "DEFAULT_METRICS", "recall_ks_for",
+           "encode_labels", "metrics_from_matches", "nmi", "retrieval_metrics"]
+
+
+def recall_ks_for(dataset: str | None) -> tuple[int, ...]:
+    """The paper's K list for a dataset name (``cub``, ``cars``, ``sop``, ``inshop`` and spellings
+    like ``CUB-200-2011``, ``In-Shop``); ``DEFAULT_RECALL_KS`` for any other name or None."""
+    if not dataset:
+        return DEFAULT_RECALL_KS
+    key = "".join(ch for ch in dataset.lower() if ch.isalnum())
+    return RECALL_KS.get(_ALIASES.get(key, key), DEFAULT_RECALL_KS)
+
+
+def encode_labels(*label_sets: Any) -> list[torch.Tensor]:
+    """Map one or more 1-d label arrays (ints, strings, …) jointly to int64 class ids."""
+    arrays = []
+    for i, lab in enumerate(label_sets):
+        a = lab.detach().cpu().numpy() if torch.is_tensor(lab) else np.asarray(lab)
+        if a.ndim != 1:
+            raise ValueError(f"labels #{i} must be 1-d (one class per row), got shape {a.shape}")
+        arrays.append(a)
+    _, inverse = np.unique(np.concatenate(arrays), return_inverse=True)
+    out, start = [], 0
+    for a in arrays:
+        out.append(torch.from_numpy(inverse[start:start + len(a)].astype(np.int64)))
+        start += len(a)
+    return out
+
+
+def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"recall K values must be positive integers, got {ks}")
+    return ks
+
+
+def metrics_from_matches(matches: torch.Tensor, n_relevant: torch.Tensor,
+                         ks: Sequence[int] = DEFAULT_RECALL_KS,
+                         include: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+    """Metrics from a ranked same-class table.
+
+    ``matches`` (n, k) bool: whether the j-th neighbour of query i has its class, nearest first;
+    ``n_relevant`` (n,): R_i, its number of same-class gallery items (k must be ≥ max R_i for
+    R-Precision/MAP@R). Rows with R_i = 0 must be removed by the caller.
+    """
+    sums, n = _block_sums(matches, n_relevant, _check_ks(ks), include)
+    return {name: s / n for name, s in sums.items()}
+
+
+def _block_sums(matches: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...],
+                include: Sequence[str]) -> tuple[dict[str, float], int]:
+    n, k = matches.shape
+    out: dict[str, float] = {}
+    if n == 0:
+        return out, 0
+    if "recall" in include:
+        hit_any = matches.any(1)
+        first = torch.where(hit_any, matches.float().argmax(1), torch.full_like(n_rel, k))
+        for kk in ks:
+            out[f"recall@{kk}"] = float((first < kk).sum())
+    if "precision@1" in include:
+        out["precision@1"] = float(matches[:, 0].sum())
+    if "r_precision" in include or "map@r" in include:
+        if int(n_rel.max()) > k:
+            raise ValueError(f"R-Precision/MAP@R need k ≥ max R = {int(n_rel.max())}, got k = {k}")
+        within = torch.arange(k, device=matches.device)[None, :] < n_rel[:, None]
+        rel = matches & within
+        r = n_rel.to(torch.float64)
+        if "r_precision" in include:
+            out["r_precision"] = float((rel.sum(1) / r).sum())
+        if "map@r" in include:
+            prec = rel.cumsum(1).to(torch.float64) / torch.arange(1, k + 1, device=matches.device)
+            out["map@r"] = float(((prec * rel).sum(1) / r).sum())
+    return out, n
+
+
+def nmi(embeddings: Any, labels: Any, geometry: str = "poincare", seed: int = 0) -> float:
+    """Normalised mutual information of k-means clusters (k = number of classes) with the labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x = embeddings.detach().float().cpu().numpy() if torch.is_tensor(embeddings) else np.asarray(embeddings, np.float32)
+    (y,) = encode_labels(labels)
+    if geometry == "sphere":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n_classes = int(y.max()) + 1
+    clusters = KMeans(n_clusters=n_classes, n_init=1, random_state=seed).fit_predict(x)
+    return float(normalized_mutual_info_score(y.numpy(), clusters))
+
+
+def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", curvature: float = 0.1,
+                      ks: Sequence[int] | None = None, *, gallery: Any | None = None,
+                      gallery_labels: Any | None = None, include: Sequence[str] = DEFAULT_METRICS,
+                      backend: str = "blocked", block_size: int = 1024, gallery_block_size: int = 65536,
+                      exact: bool = False, faiss_index: str = "flat",
+                      device: torch.device | str | None = None, progress: bool = False,
+                      seed: int = 0) -> dict[str, float]:
+    """All requested metrics from one k-NN search, k = max(max K, max R).
+
+    ``embeddings``/``labels`` are the queries; without ``gallery`` they are searched against
+    themselves (self excluded by index), with it against the gallery (In-Shop). Keys:
+    ``recall@K`` for each K, ``precision@1``, ``r_precision``, ``map@r``, ``nmi`` (only when in
+    ``include``); values are fractions in [0, 1].
+    """
+    unknown = set(include) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
+    ks = _check_ks(DEFAULT_RECALL_KS if ks is None else ks)
+    self_mode = gallery is None
+    if self_mode and gallery_labels is not None:
+        raise ValueError("gallery_labels given without gallery")
+    if not self_mode and gallery_labels is None:
+        raise ValueError("gallery given without gallery_labels")
+    n_q = len(embeddings)
+    if len(labels) != n_q:
+        raise ValueError(f"{n_q} query embeddings but {len(labels)} labels")
+    if not self_mode and len(gallery_labels) != len(gallery):
+        raise ValueError(f"{len(gallery)} gallery embeddings but {len(gallery_labels)} gallery labels")
+    q_ids, g_ids = encode_labels(labels, labels if self_mode else gallery_labels)
+    n_classes = int(torch.cat([q_ids, g_ids]).max()) + 1
+    n_rel = torch.bincount(g_ids, minlength=n_classes)[q_ids] - int(self_mode)
+    lone = n_rel == 0
+    if lone.all():
+        raise ValueError("no query has a same-class item in the gallery: retrieval metrics undefined")
+    if lone.any():
+        warnings.warn(f"{int(lone.sum())} of {n_q} queries have no same-class gallery item; they are "
+                      "left out of the retrieval metrics", stacklevel=2)
+    out: dict[str, float] = {}
+    retrieval = [m for m in include if m != "nmi"]
+    if retrieval:
+        n_gallery = len(g_ids)
+        k = min(max(ks[-1], int(n_rel.max())), n_gallery - int(self_mode))
+        sums: dict[str, float] = {}
+        count = 0
+        for q0, _, idx in iter_knn(embeddings, gallery, k, geometry, curvature,
+                                   exclude_self=self_mode, block_size=block_size,
+                                   gallery_block_size=gallery_block_size, exact=exact,
+                                   backend=backend, faiss_index=faiss_index, device=device,
+                                   progress=progress):
+            qi = q_ids[q0:q0 + idx.shape[0]].to(idx.device)
+            keep = ~lone[q0:q0 + idx.shape[0]].to(idx.device)
+            matches = (g_ids.to(idx.device)[idx] == qi[:, None])[keep]
+            s, n = _block_sums(matches, n_rel[q0:q0 + idx.shape[0]].to(idx.device)[keep], ks, retrieval)
+            for key, val in s.items():
+                sums[key] = sums.get(key, 0.0) + val
+            count += n
+        out.update({key: val / count for key, val in sums.items()})
+    if "nmi" in include:
+        out["nmi"] = nmi(embeddings, labels, geometry, seed)
+    return out

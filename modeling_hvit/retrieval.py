@@ -1,0 +1,297 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Exact k-nearest-neighbour search in blocks, plus an optional FAISS backend (SPEC §7).
+
+The original evaluation builds a full N×N distance matrix (14.6 GB for SOP's 60,502 test images)
+and fills it one query row at a time with a 1×N×D Möbius tensor. Here queries are processed in
+blocks of ``block_size`` rows against gallery blocks of ``gallery_block_size`` columns, keeping a
+running top-k, so memory is O(block_size · (gallery_block_size + k)) whatever N is.
+
+Scores (higher = closer), each a monotone function of the geometry's distance, so rankings are exact:
+
+- ``poincare``: the Lorentz inner product ``⟨lorentz_query(q), to_lorentz(g)⟩ = −⟨q, g⟩_L``, which
+  equals ``cosh(√c·d(q, g)) / c`` up to sign (SPEC §1). One (d+1)-wide matrix product per block and no
+  elementwise arcosh, so it is the cheapest exact ranking; it is also exactly what the FAISS
+  inner-product index ranks, so both backends agree. Returned scores are converted to −d.
+- ``sphere``: cosine similarity of the L2-normalised rows.
+- ``euclidean``: −‖q − g‖² for ranking; returned scores are −‖q − g‖.
+
+``exact=True`` runs the scoring in float64. In float32 the Lorentz form resolves distances to about
+5e-6 / d (cancellation in x₀y₀ − x_s·y_s; the closed arcosh form is no better), so only near-duplicates
+(d ≲ 0.1) may swap places; retrieval on real embeddings does not need float64. Ties are broken by the lower
+gallery index; with ``exclude_self`` the query's own index (not every zero-distance item) is removed.
+Works on any device the tensors live on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .distances import check_geometry
+from .hyperbolic import _no_autocast, lorentz_query, to_lorentz
+
+BACKENDS = ("blocked", "faiss")
+FAISS_INDEXES = ("flat", "ivf", "hnsw")
+
+__all__ = ["BACKENDS", "FAISS_INDEXES", "iter_knn", "knn"]
+
+
+def _as_tensor(x: Any, name: str, device: torch.device | str | None) -> torch.Tensor:
+    """2-d floating tensor (half/bfloat16 promoted to float32), checked finite."""
+    if not torch.is_tensor(x):
+        x = torch.as_tensor(np.asarray(x))
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d (n, dim) array, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        x = x.float()
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if device is not None:
+        x = x.to(device)
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bad.any():
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(f"{name} has non-finite values (NaN/inf) in rows {rows}"
+                         f"{' ...' if int(bad.sum()) > 5 else ''}: fix the model output before retrieval")
+    return x
+
+
+def _features(x: torch.Tensor, geometry: str, curvature: float, side: str) -> torch.Tensor:
+    """Rows whose inner products (plus, for euclidean, a gallery bias) rank neighbours."""
+    if geometry == "poincare":
+        return lorentz_query(x, curvature) if side == "query" else to_lorentz(x, curvature)
+    if geometry == "sphere":
+        return F.normalize(x, dim=-1)
+    return x
+
+
+def _to_similarity(raw: torch.Tensor, q2: torch.Tensor | None, geometry: str,
+                   curvature: float) -> torch.Tensor:
+    """Ranking score → the returned similarity (−d for poincare/euclidean, cosine for sphere)."""
+    if geometry == "poincare":
+        return -torch.acosh((-curvature * raw).clamp_min(1.0)) / math.sqrt(curvature)  # raw = −⟨q,g⟩_L
+    if geometry == "euclidean":
+        return -(q2[:, None] + raw).clamp_min(0).sqrt()
+    return raw
+
+
+def _sorted_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k per row, sorted by score descending then column ascending (deterministic ties)."""
+    n = scores.shape[1]
+    if k >= n:
+        vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+        return vals, idx
+    vals, idx = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+    # topk's order among equal values is unspecified: reorder by index within equal scores.
+    order = torch.argsort(idx, dim=1, stable=True)
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    # Ties straddling the k-th place: a lower-index equal item may have been left out; redo those rows.
+    kth = vals[:, -1:]
+    boundary = (scores == kth).sum(1) != (vals == kth).sum(1)
+    if boundary.any():
+        rows = torch.nonzero(boundary).flatten()
+        v, i = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        vals[rows], idx[rows] = v[:, :k], i[:, :k]
+    return vals, idx
+
+
+def _merge(run_v: torch.Tensor | None, run_i: torch.Tensor | None, v: torch.Tensor, i: torch.Tensor,
+           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a running top-k with a later gallery block's (its indices are all larger)."""
+    if run_v is None:
+        return v, i
+    vals, idx = torch.cat([run_v, v], 1), torch.cat([run_i, i], 1)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    return vals.gather(1, order), idx.gather(1, order)
+
+
+def _check_k(k: int, n_gallery: int, exclude_self: bool) -> int:
+    available = n_gallery - int(exclude_self)
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > available:
+        raise ValueError(f"k={k} exceeds the {available} gallery items available"
+                         f"{' (query itself excluded)' if exclude_self else ''}")
+    return int(k)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="query")
+
+
+def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, curvature: float,
+             exclude_self: bool, block_size: int, gallery_block_size: int, exact: bool,
+             bar) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    work = torch.float64 if exact else torch.promote_types(query.dtype, torch.float32)
+    with torch.no_grad(), _no_autocast(query.device):
+        gf = _features(gallery.to(work), geometry, curvature, "gallery").to(work)
+        g_bias = None
+        if geometry == "euclidean":  # ‖q−g‖² = ‖q‖² + (‖g‖² − 2⟨q,g⟩); rank by the bracket
+            g_bias = gf.pow(2).sum(1)
+            gf = gf * -2
+        n_g = gf.shape[0]
+        for q0 in range(0, query.shape[0], block_size):
+            qf = _features(query[q0:q0 + block_size].to(work), geometry, curvature, "query").to(work)
+            run_v = run_i = None
+            for g0 in range(0, n_g, gallery_block_size):
+                s = qf @ gf[g0:g0 + gallery_block_size].T
+                if g_bias is not None:
+                    s = -(s + g_bias[g0:g0 + gallery_block_size])  # negate: higher = closer
+                if exclude_self:
+                    rows = torch.arange(qf.shape[0], device=s.device)
+                    cols = rows + q0 - g0
+                    hit = (cols >= 0) & (cols < s.shape[1])
+                    s[rows[hit], cols[hit]] = -torch.inf
+                v, i = _sorted_topk(s, min(k, s.shape[1]))
+                run_v, run_i = _merge(run_v, run_i, v, i + g0, k)
+            q2 = qf.pow(2).sum(1) if geometry == "euclidean" else None
+            if geometry == "euclidean":
+                run_v = -run_v
+            sim = _to_similarity(run_v, q2, geometry, curvature).to(torch.float32)
+            if bar is not None:
+                bar.update(qf.shape[0])
+            yield q0, sim, run_i
+
+
+def _faiss_index(dim: int, metric: int, index: str, n_gallery: int, nlist: int | None, hnsw_m: int):
+    import faiss
+
+    flat = faiss.IndexFlatIP if metric == faiss.METRIC_INNER_PRODUCT else faiss.IndexFlatL2
+    if index == "flat":
+        return flat(dim)
+    if index == "ivf":  # faiss keeps a reference to the quantizer itself
+        return faiss.IndexIVFFlat(flat(dim), dim, nlist or max(1, int(4 * math.sqrt(n_gallery))), metric)
+    return faiss.IndexHNSWFlat(dim, hnsw_m, metric)
+
+
+def _rank(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort candidates by score descending, ties by lower gallery index; keep k."""
+    order = torch.argsort(idx, dim=1, stable=True)
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    return vals.gather(1, order), idx.gather(1, order)
+
+
+def _faiss(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, curvature: float,
+           exclude_self: bool, block_size: int, index: str, nprobe: int, nlist: int | None,
+           hnsw_m: int, ef_search: int, refine: int,
+           bar) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """FAISS search. Exact (``flat``): an inner-product index on the Lorentz lift (L2 for euclidean,
+    IP on unit vectors for sphere). Approximate poincare indexes (``ivf``/``hnsw``) cannot use that
+    asymmetric inner product (their clustering/graph compares gallery items with each other under
+    the index metric, where the lift's IP is not a proximity), so they search L2 between the
+    gallery-side lifts of both sides, a proxy for hyperbolic proximity, for ``refine · k``
+    candidates and re-rank those exactly by the Lorentz inner product."""
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError("backend='faiss' needs the faiss extra: pip install 'hvit[faiss]'") from e
+    if index not in FAISS_INDEXES:
+        raise ValueError(f"faiss index must be one of {FAISS_INDEXES}, got {index!r}")
+    proxy = geometry == "poincare" and index != "flat"
+    ip = geometry == "sphere" or (geometry == "poincare" and not proxy)
+    metric = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
+    device, n_g = query.device, gallery.shape[0]
+    extra = int(exclude_self)
+    n_cand = min(n_g, refine * k + extra) if proxy else k + extra
+    with torch.no_grad():
+        gf = _features(gallery.float().cpu(), geometry, curvature, "gallery").contiguous()
+        ix = _faiss_index(gf.shape[1], metric, index, n_g, nlist, hnsw_m)
+        if index == "ivf":
+            ix.train(gf.numpy())
+            ix.nprobe = nprobe
+        if index == "hnsw":
+            ix.hnsw.efSearch = max(ef_search, n_cand)
+        ix.add(gf.numpy())
+        for q0 in range(0, query.shape[0], block_size):
+            qb = query[q0:q0 + block_size].float().cpu()
+            side = "gallery" if proxy else "query"
+            d, i = ix.search(_features(qb, geometry, curvature, side).contiguous().numpy(), n_cand)
+            vals, idx = torch.from_numpy(d), torch.from_numpy(i)
+            if metric == faiss.METRIC_L2:
+                vals = -vals  # squared distance → higher = closer
+            if proxy:  # exact re-rank of the candidates (chunked: b × n_cand × (d+1) floats)
+                qf = _features(qb, geometry, curvature, "query")
+                for r0 in range(0, qb.shape[0], 64):
+                    ci = idx[r0:r0 + 64].clamp_min(0)
+                    vals[r0:r0 + 64] = torch.einsum("bd,bkd->bk", qf[r0:r0 + 64], gf[ci])
+            missing = idx < 0
+            if exclude_self:
+                missing |= idx == torch.arange(q0, q0 + qb.shape[0])[:, None]
+            vals = vals.masked_fill(missing, -torch.inf)
+            vals, idx = _rank(vals, idx, k)
+            if (vals == -torch.inf).any():
+                raise RuntimeError(f"faiss '{index}' returned fewer than k={k} neighbours; raise "
+                                   "nprobe / ef_search or use faiss_index='flat'")
+            if geometry == "euclidean":
+                sim = -(-vals).clamp_min(0).sqrt()
+            else:
+                sim = _to_similarity(vals, None, geometry, curvature)
+            if bar is not None:
+                bar.update(qb.shape[0])
+            yield q0, sim.float().to(device), idx.to(device)
+
+
+def iter_knn(query: Any, gallery: Any | None = None, k: int = 10, geometry: str = "poincare",
+             curvature: float = 0.1, *, exclude_self: bool | None = None, block_size: int = 1024,
+             gallery_block_size: int = 65536, exact: bool = False, backend: str = "blocked",
+             faiss_index: str = "flat", nprobe: int = 16, nlist: int | None = None, hnsw_m: int = 32,
+             ef_search: int = 128, refine: int = 4, device: torch.device | str | None = None,
+             progress: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, similarities, indices)`` per block of ``block_size`` queries.
+
+    ``similarities`` (b, k) float32 are sorted descending (−distance for poincare/euclidean, cosine
+    for sphere) and ``indices`` (b, k) int64 point into the gallery. ``gallery=None`` searches the
+    queries against themselves with ``exclude_self`` defaulting to True (query i is gallery item i).
+    ``backend="faiss"`` uses an inner-product index on the Lorentz lift (``faiss_index``: ``flat``
+    exact, ``ivf``/``hnsw`` approximate; ``nprobe``/``nlist`` for IVF, ``hnsw_m``/``ef_search`` for
+    HNSW, and for poincare ``refine`` · k candidates re-ranked exactly).
+    """
+    check_geometry(geometry)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if geometry == "poincare" and not curvature > 0:
+        raise ValueError(f"curvature must be > 0 for geometry 'poincare', got {curvature}")
+    if refine < 1:
+        raise ValueError(f"refine must be ≥ 1, got {refine}")
+    if block_size < 1 or gallery_block_size < 1:
+        raise ValueError(f"block sizes must be positive, got {block_size}, {gallery_block_size}")
+    q = _as_tensor(query, "query embeddings", device)
+    g = q if gallery is None else _as_tensor(gallery, "gallery embeddings", q.device)
+    if exclude_self is None:
+        exclude_self = gallery is None
+    if g.shape[1] != q.shape[1]:
+        raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
+    if exclude_self and g.shape[0] < q.shape[0]:
+        raise ValueError("exclude_self needs query i to be gallery item i; gallery is smaller than query")
+    k = _check_k(k, g.shape[0], exclude_self)
+    bar = _progress(q.shape[0], progress, "k-NN search")
+    if backend == "faiss":
+        gen = _faiss(q, g, k, geometry, curvature, exclude_self, block_size, faiss_index, nprobe,
+                     nlist, hnsw_m, ef_search, refine, bar)
+    else:
+        gen = _blocked(q, g, k, geometry, curvature, exclude_self, block_size, gallery_block_size,
+                       exact, bar)
+    try:
+        yield from gen
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def knn(query: Any, gallery: Any | None = None, k: int = 10, geometry: str = "poincare",
+        curvature: float = 0.1, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ``(similarities, indices)``, each (n_query, k); see ``iter_knn`` for the arguments."""
+    parts = list(iter_knn(query, gallery, k, geometry, curvature, **kwargs))
+    return torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
