@@ -1,0 +1,112 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""A built-in, deterministic, hierarchical toy dataset for demos and end-to-end tests.
+
+Super-classes are shapes (circle, ring, square, diamond, triangle, cross, bar, half-disk); a class is
+shape × colour × texture (solid or striped), so the default 8 × 8 × 2 gives 128 classes, 64 per half.
+Classes are split like a checkerboard, ``(shape + colour + texture) % 2``: both halves contain every
+shape, colour and texture, but never the same combination, so retrieval on the test half asks for
+the unseen combinations of features learned on the train half (a small analogue of class-disjoint
+retrieval). Intra-class variation (position, scale, rotation, colour brightness, background level,
+stripe phase/angle, pixel noise) keeps an untrained network far from perfect Recall@1.
+
+Everything is generated in memory from ``seed`` (numpy ``default_rng``), no files or network.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import datasets
+import numpy as np
+from datasets import ClassLabel, Features
+from datasets import Image as HFImage
+from PIL import Image
+
+SHAPES = ("circle", "ring", "square", "diamond", "triangle", "cross", "bar", "half_disk")
+COLOURS = {
+    "red": (0.9, 0.1, 0.1), "orange": (1.0, 0.55, 0.0), "yellow": (0.95, 0.9, 0.1), "green": (0.1, 0.75, 0.2),
+    "cyan": (0.1, 0.85, 0.9), "blue": (0.15, 0.3, 1.0), "purple": (0.55, 0.2, 0.85), "magenta": (0.95, 0.2, 0.7),
+}
+TEXTURES = ("solid", "striped")
+
+
+def _shape_sdf(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    """Signed distance (approximate, in pixels; < 0 inside) of a shape of radius ``r`` at the origin."""
+    ax, ay = np.abs(x), np.abs(y)
+    rad = np.hypot(x, y)
+    if shape == "circle":
+        return rad - r
+    if shape == "ring":
+        return np.abs(rad - 0.72 * r) - 0.28 * r
+    if shape == "square":
+        return np.maximum(ax, ay) - 0.8 * r
+    if shape == "diamond":
+        return (ax + ay) / math.sqrt(2) - 0.75 * r
+    if shape == "triangle":  # equilateral, apex up (image y grows downwards)
+        d = [np.cos(a) * x + np.sin(a) * y for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)]
+        return np.maximum.reduce(d) - 0.5 * r
+    if shape == "cross":
+        return np.minimum(np.maximum(ax - r, ay - 0.3 * r), np.maximum(ax - 0.3 * r, ay - r))
+    if shape == "bar":
+        return np.maximum(ax - r, ay - 0.35 * r)
+    if shape == "half_disk":
+        return np.maximum(rad - r, y - 0.15 * r)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def render(shape: str, colour: tuple[float, float, float], texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One uint8 image [size, size, 3] of ``shape`` with random pose, scale, lighting and noise."""
+    r = size * rng.uniform(0.22, 0.34)
+    cx, cy = size / 2 + rng.uniform(-0.18, 0.18, size=2) * size
+    angle = rng.uniform(-15, 15) * math.pi / 180
+    coords = np.arange(size, dtype=np.float64) + 0.5
+    gx, gy = np.meshgrid(coords - cx, coords - cy)
+    x = math.cos(angle) * gx + math.sin(angle) * gy
+    y = -math.sin(angle) * gx + math.cos(angle) * gy
+    inside = np.clip(0.5 - _shape_sdf(shape, x, y, r), 0.0, 1.0)  # anti-aliased coverage
+    fill = np.asarray(colour) * rng.uniform(0.8, 1.0)
+    if texture == "striped":
+        theta = rng.uniform(0, math.pi)
+        phase = (math.cos(theta) * gx + math.sin(theta) * gy) * (2 * math.pi / 4.0) + rng.uniform(0, 2 * math.pi)
+        fill = fill[None, None, :] * (0.65 + 0.35 * np.sign(np.sin(phase)))[..., None]
+    elif texture != "solid":
+        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES}")
+    background = rng.uniform(0.05, 0.4)
+    img = background * (1 - inside[..., None]) + fill * inside[..., None]
+    img = img + rng.normal(0.0, 0.06, size=img.shape)
+    return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, "RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def build_demo_dataset(num_shapes: int = 8, num_colours: int = 8, images_per_class: int = 20,
+                       image_size: int = 32, seed: int = 0) -> datasets.DatasetDict:
+    """``DatasetDict(train, test)`` with ``image``, ``label`` (``shape/colour/texture``), ``superclass``.
+
+    ``num_shapes × num_colours × 2`` classes, split in class-disjoint halves (see module docstring).
+    """
+    if not 1 <= num_shapes <= len(SHAPES) or not 1 <= num_colours <= len(COLOURS):
+        raise ValueError(f"num_shapes must be in 1..{len(SHAPES)} and num_colours in 1..{len(COLOURS)}")
+    if images_per_class < 2 or image_size < 8:
+        raise ValueError("need images_per_class >= 2 (retrieval needs a positive) and image_size >= 8")
+    rng = np.random.default_rng(seed)
+    shapes, colours = SHAPES[:num_shapes], list(COLOURS)[:num_colours]
+    classes = [(s, c, t) for s in range(num_shapes) for c in range(num_colours) for t in range(len(TEXTURES))]
+    names = [f"{shapes[s]}/{colours[c]}/{TEXTURES[t]}" for s, c, t in classes]
+    if len({(s + c + t) % 2 for s, c, t in classes}) < 2:
+        raise ValueError("need at least 2 shapes or colours for class-disjoint halves")
+    features = Features({"image": HFImage(), "label": ClassLabel(names=names), "superclass": ClassLabel(names=list(shapes))})
+    rows: dict[str, dict[str, list]] = {"train": {k: [] for k in features}, "test": {k: [] for k in features}}
+    for k, (s, c, t) in enumerate(classes):
+        split = rows["train" if (s + c + t) % 2 == 0 else "test"]
+        for _ in range(images_per_class):
+            array = render(shapes[s], COLOURS[colours[c]], TEXTURES[t], image_size, rng)
+            split["image"].append({"bytes": _png(array), "path": None})
+            split["label"].append(k)
+            split["superclass"].append(s)
+    return datasets.DatasetDict({name: datasets.Dataset.from_dict(cols, features=features) for name, cols in rows.items()})
