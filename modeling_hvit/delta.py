@@ -109,11 +109,13 @@ def _warn_duplicates(what: str) -> None:
 
 
 def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
-    """(n, n) Euclidean distances in float64 (Gram form; float64 keeps near pairs accurate)."""
+    """(n, n) Euclidean distances in float64 from the Gram matrix; squared distances below its
+    rounding noise (1e-13·(‖x‖² + ‖y‖²), i.e. d ≲ 3e-7·‖x‖) are 0, so identical rows are at 0."""
     x = features.double()
     sq = x.pow(2).sum(-1)
-    d2 = sq[:, None] + sq[None, :] - 2 * (x @ x.T)
-    d = d2.clamp_min(0).sqrt()
+    scale = sq[:, None] + sq[None, :]
+    d2 = scale - 2 * (x @ x.T)
+    d = torch.where(d2 > 1e-13 * scale, d2, 0.0).sqrt()
     d.fill_diagonal_(0)
     return d
 
