@@ -148,29 +148,68 @@ def distance(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch
         return _distance_from_sq(sq, conformal_factor(x, c), conformal_factor(y, c), sc)
 
 
+class _PairwiseDistance(torch.autograd.Function):
+    """All-pairs distance with a hand-written backward: saves one (n, m) float32 matrix (u below).
+
+    d_ij = (2/√c)·asinh(u_ij), u_ij = √c·r_ij·s_i·t_j, r = ‖x_i − y_j‖, s = (1 − c‖x‖²)^-½,
+    t = (1 − c‖y‖²)^-½. With W = g·2√c·s²t²/(u√(1+u²)) and V = g·2√c·u/√(1+u²):
+    ∂/∂x_i = x_i·(Σ_j W_ij + s_i²·Σ_j V_ij) − (W y)_i, and symmetrically for y. The W terms cancel
+    for nearby points, so they are accumulated in the Gram work dtype (float64 when exact).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, sc: float, work: torch.dtype) -> torch.Tensor:
+        out = torch.promote_types(x.dtype, y.dtype)
+        xw, yw = x.to(work), y.to(work)
+        x2, y2 = xw.pow(2).sum(-1), yw.pow(2).sum(-1)
+        sq = torch.addmm(x2[:, None], xw, yw.T, alpha=-2).add_(y2).to(out)
+        # The Gram form resolves ‖x−y‖² only down to its rounding noise, ~GRAM_NOISE·(‖x‖² + ‖y‖²):
+        # below that the pair counts as coincident (distance 0, zero gradient).
+        floor = GRAM_NOISE[work] * float(x2.max() + y2.max()) + MIN_SQDIST
+        cx = (1 - sc**2 * x2.to(out)).clamp_min(MIN_CONFORMAL)
+        cy = (1 - sc**2 * y2.to(out)).clamp_min(MIN_CONFORMAL)
+        s, t = cx.rsqrt(), cy.rsqrt()
+        coincident = sq <= floor
+        u = sq.sqrt_().masked_fill_(coincident, 0).mul_((sc * s)[:, None]).mul_(t[None, :])
+        ctx.save_for_backward(x, y, u, s, t, cx > MIN_CONFORMAL, cy > MIN_CONFORMAL)
+        ctx.sc, ctx.work = sc, work
+        return torch.asinh(u).mul_(2 / sc)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        x, y, u, s, t, x_in, y_in = ctx.saved_tensors
+        sc, work = ctx.sc, ctx.work
+        gq = g * (1 + u.pow(2)).rsqrt() * (2 * sc)  # g · ∂d/∂u · √c
+        v_rows, v_cols = (gq * u).sum(1), (gq * u).sum(0)
+        w = torch.where(u > 0, gq / u, 0).to(work).mul_((s.to(work) ** 2)[:, None]).mul_((t.to(work) ** 2)[None, :])
+        xw, yw = x.to(work), y.to(work)
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            row = w.sum(1) + (s**2 * v_rows * x_in).to(work)
+            gx = (xw * row[:, None] - w @ yw).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            col = w.sum(0) + (t**2 * v_cols * y_in).to(work)
+            gy = (yw * col[:, None] - w.T @ xw).to(y.dtype)
+        return gx, gy, None, None
+
+
 def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, c: float | torch.Tensor = 0.1,
                       exact: bool = True) -> torch.Tensor:
     """All-pairs distance matrix (n, m) between x (n, d) and y (m, d) (y defaults to x).
 
     Closed arcosh form from norms and one matrix product: memory O(nm), never an n×m×d tensor.
     ``exact`` accumulates the Gram matrix and norms in float64 (see the module docstring); the
-    result is float32 for float32/half inputs either way.
+    result is float32 for float32/half inputs either way. Differentiable in x and y (not in c).
     """
     y = x if y is None else y
     x, y = _fp32(x, y)
-    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    sc = math.sqrt(float(c))
+    if sc <= 0:
+        raise ValueError(f"curvature c must be > 0 for the Poincaré ball, got {c}")
+    work = torch.float64 if exact else torch.promote_types(x.dtype, y.dtype)
     with _no_autocast(x.device):
-        sc = _sqrt_c(c, x.to(out_dtype))
-        work = torch.float64 if exact else out_dtype
-        xw, yw = x.to(work), y.to(work)
-        x2 = xw.pow(2).sum(-1)
-        y2 = yw.pow(2).sum(-1)
-        sq = (x2[:, None] + y2[None, :] - 2 * xw @ yw.T).clamp_min(0).to(out_dtype)
-        cx = (1 - sc.pow(2) * x2.to(out_dtype)).clamp_min(MIN_CONFORMAL)
-        cy = (1 - sc.pow(2) * y2.to(out_dtype)).clamp_min(MIN_CONFORMAL)
-        # The Gram form resolves ‖x−y‖² only down to its rounding noise, ~GRAM_NOISE·(‖x‖² + ‖y‖²).
-        floor = GRAM_NOISE[work] * (x2[:, None] + y2[None, :]).to(out_dtype) + MIN_SQDIST
-        return _distance_from_sq(sq, cx[:, None], cy[None, :], sc, floor)
+        return _PairwiseDistance.apply(x, y, sc, work)
 
 
 def to_lorentz(p: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
