@@ -42,10 +42,12 @@ REDUCTIONS = ("sum", "mean")
 class LossOutput:
     """The loss (0-dim tensor with grad) and detached 0-dim statistics to log.
 
-    ``stats`` keys: ``pos_logit_{mean,min,max}`` (the positive's logit), ``neg_logit_{mean,min,max}``
-    (every other candidate), ``accuracy`` (fraction of (anchor, pair) rows whose positive has the
-    highest of its 2N − 1 logits), ``num_classes`` (N), ``samples_per_class`` (m). Values are tensors
-    so logging can ``.item()`` them when it wants to (no device sync inside the step).
+    ``stats`` keys (logits = similarity / τ): ``pos_logit_{mean,min,max}`` over every same-class
+    pair of different views (each ordered pair once: exactly the targets of the m(m − 1)·N rows),
+    ``neg_logit_{mean,min,max}`` over every ordered pair of samples from different classes (absent
+    when N = 1), ``accuracy`` (fraction of the m(m − 1)·N rows whose positive beats all 2N − 2
+    negatives), ``num_classes`` (N) and ``samples_per_class`` (m). Values are detached tensors, so
+    logging can ``.item()`` them when it wants to (no device sync inside the step).
     """
 
     loss: torch.Tensor
@@ -85,25 +87,22 @@ def group_by_label(embeddings: torch.Tensor, labels: torch.Tensor,
     return embeddings[order].reshape(len(classes), m, embeddings.shape[1]), classes
 
 
-def _pair_logits(z: torch.Tensor, geometry: str, temperature: float,
-                 curvature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (P, N, 2N) for the P = m(m−1) ordered pairs, diagonal of the self block masked to −inf.
+def _pair_losses(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropies (m, N, m) and the positive logits (m, N, m) from sim (m, N, m, N).
 
-    Column k of the first block is the target of row k. Also returns the (P, N, 2N) candidate mask
-    (False at the masked self-similarity).
+    ``sim[i, k, j, l]`` is the logit of class k slot i against class l slot j. Row (i, k) of pair j
+    has candidates ``sim[i, k, j, :]`` (target l = k) and ``sim[i, k, i, l ≠ k]``; its log-partition is
+    ``logaddexp(lse_j, lse_i)`` of per-block log-sum-exps, so no (pairs × N × 2N) tensor is built.
+    Only the (i, k, i, k) self-similarities are masked; entries with j = i are not a pair and are
+    ignored by the caller.
     """
-    n, m, d = z.shape
-    views = z.transpose(0, 1).reshape(m * n, d)  # slot-major: row i·N + k is class k, slot i
-    sim = pairwise_similarity(views, views, geometry, curvature) / temperature
-    sim = sim.reshape(m, n, m, n)  # sim[i, k, j, l] = s(z[k, i], z[l, j]) / τ
-    ii, jj = zip(*[(i, j) for i in range(m) for j in range(m) if i != j])
-    ii, jj = list(ii), list(jj)
-    cross = sim[ii, :, jj, :]  # (P, N, N): anchors of slot i against views of slot j
-    self_ = sim[ii, :, ii, :]  # (P, N, N): anchors of slot i against each other
-    eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    logits = torch.cat([cross, self_.masked_fill(eye, float("-inf"))], dim=-1)
-    valid = torch.cat([torch.ones_like(eye), ~eye], dim=-1).repeat(len(ii), 1, 1)
-    return logits, valid
+    m, n = sim.shape[:2]
+    diag = torch.eye(m * n, dtype=torch.bool, device=sim.device).reshape(m, n, m, n)
+    lse = sim.masked_fill(diag, float("-inf")).logsumexp(-1)  # (m, N, m): per (anchor, block)
+    self_lse = lse.diagonal(dim1=0, dim2=2).T  # (m, N): lse[i, k, i]
+    pos = sim.diagonal(dim1=1, dim2=3)  # (m, m, N): pos[i, j, k] = sim[i, k, j, k]
+    pos = pos.permute(0, 2, 1)  # (m, N, m)
+    return torch.logaddexp(lse, self_lse[:, :, None]) - pos, pos
 
 
 def pairwise_cross_entropy(embeddings: torch.Tensor, labels: torch.Tensor, geometry: str = "poincare",
@@ -125,25 +124,29 @@ def pairwise_cross_entropy(embeddings: torch.Tensor, labels: torch.Tensor, geome
     z, _ = group_by_label(emb, labels, samples_per_class)
     n, m, _ = z.shape
     with _no_autocast(z.device):
-        logits, valid = _pair_logits(z, geometry, temperature, curvature)
-        p = logits.shape[0]
-        target = torch.arange(n, device=z.device).repeat(p)
-        per_pair = F.cross_entropy(logits.reshape(p * n, 2 * n), target, reduction="none").reshape(p, n)
-        per_pair = per_pair.mean(1)  # each pair's CE: mean over the N anchors
+        views = z.transpose(0, 1).reshape(m * n, z.shape[2])  # slot-major: row i·N + k = class k, slot i
+        sim = pairwise_similarity(views, views, geometry, curvature) / temperature
+        sim = sim.reshape(m, n, m, n)  # sim[i, k, j, l] = s(z[k, i], z[l, j]) / τ
+        rows, pos = _pair_losses(sim)
+        pair = ~torch.eye(m, dtype=torch.bool, device=z.device)  # (i, j) with i ≠ j
+        per_pair = rows.mean(1)[pair]  # each pair's CE: mean over the N anchors; (m(m−1),)
         loss = per_pair.sum() if reduction == "sum" else per_pair.mean()
     with torch.no_grad():
-        pos = logits.diagonal(dim1=1, dim2=2)  # (P, N): column k of the cross block for anchor k
-        neg_mask = valid.clone()
-        neg_mask[:, torch.arange(n), torch.arange(n)] = False
-        neg = logits[neg_mask]
-        pos_beats_all = pos > logits.masked_fill(~neg_mask, float("-inf")).amax(-1)
+        same_class = torch.eye(n, dtype=torch.bool, device=z.device)[None, :, None, :]
+        neg_inf = sim.masked_fill(same_class, float("-inf"))
+        neg_max = neg_inf.amax(-1)  # (m, N, m): best negative of anchor (i, k) in block j
+        best_neg = torch.maximum(neg_max, neg_max.diagonal(dim1=0, dim2=2).T[:, :, None])
+        hits = (pos > best_neg).permute(0, 2, 1)[pair]  # positive above all 2N − 2 negatives
+        pos = pos.permute(0, 2, 1)[pair]  # (m(m−1), N): every same-class pair of different views
         stats: dict[str, float | torch.Tensor] = {
             "pos_logit_mean": pos.mean(), "pos_logit_min": pos.min(), "pos_logit_max": pos.max(),
-            "accuracy": pos_beats_all.float().mean(),
+            "accuracy": hits.to(sim.dtype).mean(),
             "num_classes": n, "samples_per_class": m,
         }
-        if neg.numel():  # N = 1 leaves no negatives
-            stats.update(neg_logit_mean=neg.mean(), neg_logit_min=neg.min(), neg_logit_max=neg.max())
+        if n > 1:  # negatives: every pair of samples from different classes
+            neg_sum = sim.sum() - sim.masked_fill(~same_class, 0).sum()
+            stats.update(neg_logit_mean=neg_sum / (m * m * n * (n - 1)), neg_logit_max=neg_inf.amax(),
+                         neg_logit_min=sim.masked_fill(same_class, float("inf")).amin())
     return LossOutput(loss=loss, stats=stats)
 
 

@@ -47,7 +47,11 @@ def oracle(z: np.ndarray, geometry: str, tau: float, c: float) -> tuple[float, d
                 hits += int(cands[k] > max(cands[:k] + cands[k + 1:]))
                 rows += 1
             total += pair / n
-    return total, {"pos_logit_mean": float(np.mean(pos_logits)), "accuracy": hits / rows}
+    negs = [_sim(z[k, i], z[l, j], geometry, c) / tau
+            for k in range(n) for l in range(n) if k != l for i in range(m) for j in range(m)]
+    return total, {"pos_logit_mean": float(np.mean(pos_logits)), "pos_logit_min": min(pos_logits),
+                   "pos_logit_max": max(pos_logits), "accuracy": hits / rows, "neg_logit_mean": float(np.mean(negs)),
+                   "neg_logit_min": min(negs), "neg_logit_max": max(negs)}
 
 
 def _ball_points(n: int, m: int, d: int, c: float, rng: np.random.Generator, scale: float = 0.8) -> np.ndarray:
@@ -77,8 +81,10 @@ def test_matches_oracle_float64(geometry, m):
     want, stats = oracle(z, geometry, tau, c)
     assert isinstance(out, LossOutput) and out.loss.dtype == torch.float64
     assert out.loss.item() == pytest.approx(want, rel=1e-9)
-    assert out.stats["pos_logit_mean"].item() == pytest.approx(stats["pos_logit_mean"], rel=1e-9)
-    assert out.stats["accuracy"].item() == pytest.approx(stats["accuracy"], abs=1e-6)
+    for key in ("pos_logit_mean", "pos_logit_min", "pos_logit_max", "neg_logit_mean", "neg_logit_min",
+                "neg_logit_max", "accuracy"):
+        assert out.stats[key].item() == pytest.approx(stats[key], rel=1e-9), key
+    assert (out.stats["num_classes"], out.stats["samples_per_class"]) == (n, m)
     assert 0 < stats["accuracy"] < 1  # the data is neither trivial nor hopeless
     mean = PairwiseCrossEntropyLoss(geometry, curvature=c, reduction="mean")(emb, labels).loss
     assert mean.item() == pytest.approx(want / (m * (m - 1)), rel=1e-9)
@@ -127,6 +133,14 @@ def test_gradient_finite_for_identical_views():
     out = PairwiseCrossEntropyLoss("poincare")(emb, torch.arange(4).repeat_interleave(2))
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(emb.grad).all()
+
+
+def test_single_class_batch_is_zero_loss_with_finite_gradient():
+    emb = (torch.randn(3, 4) * 0.2).requires_grad_(True)
+    out = PairwiseCrossEntropyLoss("poincare")(emb, torch.tensor([5, 5, 5]))
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(0.0, abs=1e-6) and torch.isfinite(emb.grad).all()
+    assert out.stats["accuracy"].item() == 1.0 and "neg_logit_mean" not in out.stats
 
 
 # ---------------------------------------------------------------- layout from labels
