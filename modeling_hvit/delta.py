@@ -349,3 +349,9 @@ def estimate_delta(features: torch.Tensor, n: int = 2000, draws: int = 100, seed
     return DeltaEstimate(delta_rel_mean=mean, delta_rel_std=std, delta_w_mean=sum(dws) / draws,
                          diam_mean=sum(diams) / draws, n=n, draws=draws,
                          curvature=suggest_curvature(mean), delta_rel_values=tuple(rel))
+
+
+if __name__ == "__main__":  # python -m modeling_hvit.delta: the command lives in delta_cli.py
+    from .delta_cli import main
+
+    main()
