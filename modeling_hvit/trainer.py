@@ -1,0 +1,130 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""HViTTrainer: the HF Trainer with the class-pair sampler, the pairwise loss on the global batch,
+the original optimiser settings and retrieval metrics as evaluation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import EvalPrediction, Trainer, TrainingArguments
+
+from .distributed import gather_batch
+from .losses import PairwiseCrossEntropyLoss
+from .metrics import DEFAULT_RECALL_KS, retrieval_metrics
+from .sampling import ClassPairSampler
+
+__all__ = ["HViTTrainer", "HViTTrainingArguments", "make_compute_metrics"]
+
+
+@dataclass
+class HViTTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's defaults (SPEC §5) and the loss/sampler settings."""
+
+    output_dir: str | None = field(default="outputs/hvit-demo", metadata={"help": "Where to write the model."})
+    learning_rate: float = field(default=3e-5, metadata={"help": "3e-5 for ViT-S/DeiT-S, 1e-5 for DINO."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay, on all parameters."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Constant, no warm-up (SPEC §5)."})
+    max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient-norm clip (SPEC §5)."})
+    per_device_train_batch_size: int = field(default=900, metadata={"help": "Images per device (classes × m)."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Images per device when embedding."})
+    samples_per_class: int = field(default=2, metadata={"help": "m: images per class in a batch."})
+    temperature: float | None = field(default=None, metadata={"help": "τ; default 0.2 (poincare), 0.1 (sphere)."})
+    loss_reduction: str = field(default="sum", metadata={"help": "'sum' over view pairs (original) or 'mean'."})
+    recall_ks: str | None = field(default=None, metadata={"help": "Comma-separated K for Recall@K; default by dataset."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `image` for the lazy transform."})
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Batch key of the labels."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "No unused parameters."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch' checkpoints."})
+
+    def __post_init__(self):
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False
+        super().__post_init__()
+        if self.per_device_train_batch_size % self.samples_per_class:
+            raise ValueError(f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple "
+                             f"of samples_per_class={self.samples_per_class}")
+
+    @property
+    def ks(self) -> tuple[int, ...] | None:
+        return None if not self.recall_ks else tuple(int(k) for k in str(self.recall_ks).split(","))
+
+
+def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | None = None):
+    """`compute_metrics` for the Trainer: Recall@K, P@1, R-Precision, MAP@R of the head embeddings
+    (in their geometry) and of the encoder features (cosine, keys prefixed ``encoder_``)."""
+
+    def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
+        emb, enc = pred.predictions
+        labels = np.asarray(pred.label_ids)
+        ks_ = tuple(k for k in (ks or DEFAULT_RECALL_KS) if k < len(labels)) or (1,)
+        out = retrieval_metrics(torch.from_numpy(np.asarray(emb)), labels, geometry, curvature, ks_)
+        enc_out = retrieval_metrics(torch.from_numpy(np.asarray(enc)), labels, "sphere", ks=ks_)
+        return {**out, **{f"encoder_{k}": v for k, v in enc_out.items()}}
+
+    return compute_metrics
+
+
+class HViTTrainer(Trainer):
+    """Trainer for HViT metric learning.
+
+    - the train sampler is a `ClassPairSampler` over `train_labels` (the same global stream on every
+      rank; accelerate gives rank r the batches r, r + W, …), so each global batch holds distinct classes;
+    - the loss is `PairwiseCrossEntropyLoss` on the embeddings of *all* ranks, gathered with gradient:
+      parameter gradients equal a single process on the global batch;
+    - AdamW with weight decay on every parameter (the original), constant LR, clip 3 (the arguments);
+    - evaluation embeds the eval split and reports retrieval metrics (`make_compute_metrics`);
+    - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs.
+    """
+
+    loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by GA steps
+
+    def __init__(self, *args, train_labels: Sequence[int] | None = None,
+                 loss_fn: PairwiseCrossEntropyLoss | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        model_config = self.accelerator.unwrap_model(self.model).config
+        self.loss_fn = loss_fn or PairwiseCrossEntropyLoss(
+            model_config.geometry, getattr(self.args, "temperature", None), model_config.curvature,
+            reduction=getattr(self.args, "loss_reduction", "sum"))
+        self.train_labels = list(train_labels) if train_labels is not None else None
+        if self.train_dataset is not None and self.train_labels is None:
+            raise ValueError("HViTTrainer needs train_labels (collect them before attaching the transform)")
+        if self.train_labels is not None:
+            self._train_sampler = ClassPairSampler(
+                self.train_labels, getattr(self.args, "samples_per_class", 2), self.args.per_device_train_batch_size,
+                world_size=self.args.world_size, seed=self.args.seed)
+        self._loss_stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self._train_sampler
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [name for name, _ in model.named_parameters()]  # the original decays every parameter
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        outputs = model(pixel_values=inputs["pixel_values"])
+        embeddings, global_labels = gather_batch(outputs.embeddings, labels)
+        result = self.loss_fn(embeddings, global_labels)
+        if model.training:
+            for key, value in result.stats.items():
+                if key not in ("num_classes", "samples_per_class"):
+                    self._loss_stats[key].append(value)  # detached tensors: no sync inside the step
+        return (result.loss, outputs) if return_outputs else result.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        labels = inputs["labels"]
+        with torch.no_grad(), self.compute_loss_context_manager():
+            out = model(pixel_values=inputs["pixel_values"])
+        return None, (out.embeddings.float(), out.encoder_embeddings.float()), labels
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._loss_stats and "loss" in logs:
+            logs.update({f"train_{k}": round(torch.stack(v).float().mean().item(), 4)
+                         for k, v in self._loss_stats.items()})
+            self._loss_stats.clear()
+        super().log(logs, *args, **kwargs)

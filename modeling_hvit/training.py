@@ -1,0 +1,207 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""`train_hvit.py`: arguments, recipes, and the run (data → model → HViTTrainer → eval → save).
+
+With no arguments the embedded demo recipe runs: the built-in hierarchical shapes dataset and a tiny
+ViT from scratch, on CPU in a few minutes. `--config recipe.yaml|json` loads a recipe (see
+`configs/`); flags given on the command line override it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, set_seed
+from transformers.utils import logging
+
+from .configuration_hvit import HViTConfig
+from .data import build_dataset, dataset_labels
+from .metrics import recall_ks_for
+from .modeling_hvit import HViTModel, default_image_processor
+from .trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
+from .transforms import EvalTransform, TrainTransform, eval_resize_for, normalization_from_processor, with_image_transform
+
+logger = logging.get_logger(__name__)
+
+# Backbones trained from scratch, by name (`--backbone scratch:<name>`).
+SCRATCH_BACKBONES = {
+    "tiny": {"model_type": "vit", "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "intermediate_size": 192, "patch_size": 4},
+    "vit-s16": {"model_type": "vit", "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+                "intermediate_size": 1536, "patch_size": 16},
+}
+
+# The embedded default: `accelerate launch train_hvit.py` with no arguments.
+DEMO_RECIPE = {
+    "dataset": "demo", "backbone": "scratch:tiny", "image_size": 32, "embedding_dim": 32, "freeze_patch_embed": False,
+    "output_dir": "outputs/hvit-demo", "learning_rate": 1e-3, "per_device_train_batch_size": 64,
+    "samples_per_class": 2, "num_train_epochs": 60, "logging_steps": 20, "eval_strategy": "no",
+    "dataloader_num_workers": 0, "seed": 0, "recall_ks": "1,2,4,8",
+}
+
+
+@dataclass
+class ModelArguments:
+    backbone: str = field(default="scratch:tiny", metadata={"help": "Pretrained backbone (Hub id or dir), or "
+                          f"scratch:<name> to train from scratch ({', '.join(SCRATCH_BACKBONES)})."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a saved HViT model."})
+    embedding_dim: int = field(default=128, metadata={"help": "Head output dimension."})
+    geometry: str = field(default="poincare", metadata={"help": "poincare, sphere or euclidean."})
+    curvature: str = field(default="0.1", metadata={"help": "c of the ball, or 'auto' to estimate it from δ."})
+    clip_radius: float | None = field(default=2.3, metadata={"help": "Feature clipping radius r."})
+    freeze_patch_embed: bool = field(default=True, metadata={"help": "Freeze the patch embedding (paper)."})
+    freeze_blocks: int = field(default=0, metadata={"help": "Also freeze the first N blocks."})
+    image_size: int = field(default=224, metadata={"help": "Input resolution."})
+    delta_n: int = field(default=2000, metadata={"help": "--curvature auto: points per δ draw."})
+    delta_draws: int = field(default=10, metadata={"help": "--curvature auto: number of draws."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="demo", metadata={"help": "cub, cars, sop, inshop, omniglot, caltech101, folder, "
+                         "demo or hub:<org/name>."})
+    data_dir: str | None = field(default=None, metadata={"help": "Extracted folder or official archive."})
+    verify_images: bool = field(default=True, metadata={"help": "Open every image once while building."})
+    skip_bad_images: bool = field(default=False, metadata={"help": "Skip unreadable images (counted) instead of failing."})
+    train_fraction: float = field(default=0.5, metadata={"help": "Class fraction for train (class-order splits)."})
+    split_rule: str = field(default="half", metadata={"help": "Class-disjoint split rule for folder/hub datasets."})
+    image_column: str = field(default="image", metadata={"help": "Hub datasets: image column."})
+    label_column: str = field(default="label", metadata={"help": "Hub datasets: label column."})
+    hierarchy_column: str | None = field(default=None, metadata={"help": "Hub datasets: hierarchy column."})
+    hub_config: str | None = field(default=None, metadata={"help": "Hub datasets: config name."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images."})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, HViTTrainingArguments]:
+    """Recipe (`--config`, else the demo) as defaults, command-line flags on top."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    recipe = dict(DEMO_RECIPE)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit("--config needs a path to a .yaml or .json recipe")
+        path = Path(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
+        if not path.is_file():
+            raise SystemExit(f"--config {path}: no such file")
+        recipe = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        if not isinstance(recipe, dict):
+            raise SystemExit(f"--config {path}: expected a mapping of argument names to values")
+    parser = HfArgumentParser((ModelArguments, DataArguments, HViTTrainingArguments))
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise SystemExit(f"recipe has unknown keys {unknown}; see `python train_hvit.py --help`")
+    parser.set_defaults(**{k: (str(v) if k == "curvature" else v) for k, v in recipe.items()})
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
+    head = {"embedding_dim": margs.embedding_dim, "geometry": margs.geometry, "curvature": curvature,
+            "clip_radius": margs.clip_radius, "freeze_patch_embed": margs.freeze_patch_embed,
+            "freeze_blocks": margs.freeze_blocks}
+    if margs.model_name_or_path:
+        return HViTModel.from_pretrained(margs.model_name_or_path)
+    if margs.backbone.startswith("scratch:"):
+        name = margs.backbone.split(":", 1)[1]
+        if name not in SCRATCH_BACKBONES:
+            raise SystemExit(f"--backbone scratch:{name}: unknown; expected one of {sorted(SCRATCH_BACKBONES)}")
+        backbone = {**SCRATCH_BACKBONES[name], "image_size": margs.image_size}
+        return HViTModel(HViTConfig(backbone_config=backbone, **head))
+    return HViTModel.from_backbone(margs.backbone, **head)
+
+
+def _transforms(model: HViTModel, dataset: str, image_size: int, seed: int):
+    processor = model.image_processor or default_image_processor(model.config)
+    mean, std = normalization_from_processor(processor)
+    return (TrainTransform(image_size, mean, std, seed=seed),
+            EvalTransform(image_size, mean, std, resize_size=eval_resize_for(dataset, image_size)))
+
+
+def _print_table(rows: dict[str, dict[str, float]]) -> None:
+    keys = sorted({k for r in rows.values() for k in r if not k.startswith(("encoder_", "eval_loss"))},
+                  key=lambda k: (not k.startswith("recall@"), int(k.split("@")[1]) if k.startswith("recall@") else 0, k))
+    print(f"\n{'metric':<24}" + "".join(f"{name:>14}" for name in rows))
+    for key in keys:
+        for prefix, label in (("", key), ("encoder_", f"{key} (encoder)")):
+            vals = [r.get(f"{prefix}{key}") for r in rows.values()]
+            if any(v is not None for v in vals):
+                print(f"{label:<24}" + "".join(f"{100 * v:>13.1f}%" if v is not None else f"{'':>14}" for v in vals))
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    margs, dargs, targs = parse_args(argv)
+    set_seed(targs.seed)
+    start = time.perf_counter()
+    dsd = build_dataset(dargs.dataset, dargs.data_dir, verify_images=dargs.verify_images,
+                        skip_bad_images=dargs.skip_bad_images, split_rule=dargs.split_rule,
+                        train_fraction=dargs.train_fraction, image_column=dargs.image_column,
+                        label_column=dargs.label_column, hierarchy_column=dargs.hierarchy_column,
+                        hub_config=dargs.hub_config)
+    eval_split = "test" if "test" in dsd else "query"
+    train_ds, eval_ds = dsd["train"], dsd[eval_split]
+    if dargs.max_eval_samples:
+        eval_ds = eval_ds.select(range(min(dargs.max_eval_samples, len(eval_ds))))
+    train_labels = dataset_labels(train_ds)
+
+    auto = margs.curvature.strip().lower() == "auto"
+    model = build_model(margs, 0.1 if auto else float(margs.curvature))
+    train_tf, eval_tf = _transforms(model, dargs.dataset, margs.image_size, targs.seed)
+    train_set, eval_set = with_image_transform(train_ds, train_tf), with_image_transform(eval_ds, eval_tf)
+    ks = targs.ks or recall_ks_for(dargs.dataset)
+    trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
+                          train_labels=train_labels,
+                          compute_metrics=make_compute_metrics(model.config.geometry, model.config.curvature, ks))
+    if auto:
+        _set_curvature_from_delta(trainer, with_image_transform(train_ds, eval_tf), margs, ks)
+
+    before = trainer.evaluate(metric_key_prefix="before")
+    trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+    after = trainer.evaluate(metric_key_prefix="eval")
+    results = {"untrained": _strip(before, "before_"), "trained": _strip(after, "eval_")}
+    trainer.save_model(targs.output_dir)
+    if trainer.is_world_process_zero():  # save_model also wrote the image processor (HViTModel.save_pretrained)
+        summary = {**results["trained"], "untrained": results["untrained"], "wall_seconds": time.perf_counter() - start,
+                   "dataset": dargs.dataset, "curvature": model.config.curvature, "delta_rel": model.config.delta_rel}
+        Path(targs.output_dir, "metrics.json").write_text(json.dumps(summary, indent=2))
+        Path(targs.output_dir, "train_args.json").write_text(json.dumps(
+            {"model": asdict(margs), "data": asdict(dargs), "training": targs.to_dict()}, indent=2, default=str))
+        _print_table(results)
+        print(f"\nSaved to {targs.output_dir} in {summary['wall_seconds']:.0f} s. Load it with:\n"
+              f"    import modeling_hvit; from transformers import AutoModel\n"
+              f"    model = AutoModel.from_pretrained({str(targs.output_dir)!r})\n"
+              f"or, without hvit installed: AutoModel.from_pretrained(..., trust_remote_code=True)")
+    return results["trained"]
+
+
+def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    drop = ("runtime", "samples_per_second", "steps_per_second", "epoch", "preparation_time")
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and not k.endswith(drop)}
+
+
+def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: ModelArguments, ks) -> None:
+    """`--curvature auto`: δ_rel of the encoder features of the train split → c = (0.144/δ_rel)²."""
+    from .delta import estimate_delta
+
+    features = torch.as_tensor(trainer.predict(train_eval_set, metric_key_prefix="delta").predictions[1])
+    n = min(margs.delta_n, len(features))
+    est = estimate_delta(features.double(), n=n, draws=margs.delta_draws, seed=trainer.args.seed, progress=True)
+    if not (math.isfinite(est.curvature) and est.curvature > 0):
+        raise ValueError(f"--curvature auto gave c = {est.curvature} (δ_rel = {est.delta_rel_mean}); pass a value")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.curvature, model.config.delta_rel = float(est.curvature), float(est.delta_rel_mean)
+    trainer.loss_fn.curvature = model.config.curvature
+    trainer.compute_metrics = make_compute_metrics(model.config.geometry, model.config.curvature, ks)
+    logger.warning(f"--curvature auto: δ_rel = {est.delta_rel_mean:.3f} ± {est.delta_rel_std:.3f} over "
+                   f"{est.draws} draws of {n} → c = {est.curvature:.4f}")
+
+
+if __name__ == "__main__":
+    main()
