@@ -122,6 +122,16 @@ class HViTTrainer(Trainer):
             out = model(pixel_values=inputs["pixel_values"])
         return None, (out.embeddings.float(), out.encoder_embeddings.float()), labels
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Weights through `from_pretrained`, which maps the legacy on-disk ViT key names back to the
+        in-memory ones (the base Trainer's plain `load_state_dict` silently misses them all)."""
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(loaded.state_dict())
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._loss_stats and "loss" in logs:
             logs.update({f"train_{k}": round(torch.stack(v).float().mean().item(), 4)

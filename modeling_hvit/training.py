@@ -118,10 +118,11 @@ def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
     return HViTModel.from_backbone(margs.backbone, **head)
 
 
-def _transforms(model: HViTModel, dataset: str, image_size: int, seed: int):
+def _transforms(model: HViTModel, dataset: str, image_size: int):
     processor = model.image_processor or default_image_processor(model.config)
     mean, std = normalization_from_processor(processor)
-    return (TrainTransform(image_size, mean, std, seed=seed),
+    # the global torch RNG: seeded by set_seed and saved/restored in checkpoints, so resuming reproduces
+    return (TrainTransform(image_size, mean, std),
             EvalTransform(image_size, mean, std, resize_size=eval_resize_for(dataset, image_size)))
 
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     auto = margs.curvature.strip().lower() == "auto"
     model = build_model(margs, 0.1 if auto else float(margs.curvature))
-    train_tf, eval_tf = _transforms(model, dargs.dataset, margs.image_size, targs.seed)
+    train_tf, eval_tf = _transforms(model, dargs.dataset, margs.image_size)
     train_set, eval_set = with_image_transform(train_ds, train_tf), with_image_transform(eval_ds, eval_tf)
     ks = targs.ks or recall_ks_for(dargs.dataset)
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
