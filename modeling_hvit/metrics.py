@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .retrieval import iter_knn
+from .retrieval import iter_knn_first_hit
 
 RECALL_KS: dict[str, tuple[int, ...]] = {
     "cub": (1, 2, 4, 8, 16, 32),
@@ -87,14 +87,16 @@ def metrics_from_matches(matches: torch.Tensor, n_relevant: torch.Tensor,
 
 
 def _block_sums(matches: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...],
-                include: Sequence[str]) -> tuple[dict[str, float], int]:
+                include: Sequence[str], first: torch.Tensor | None = None) -> tuple[dict[str, float], int]:
+    """Per-block metric sums; ``first`` (rank of the first same-class item) defaults to the first
+    match in ``matches`` (≥ k when there is none)."""
     n, k = matches.shape
     out: dict[str, float] = {}
     if n == 0:
         return out, 0
     if "recall" in include:
-        hit_any = matches.any(1)
-        first = torch.where(hit_any, matches.float().argmax(1), torch.full_like(n_rel, k))
+        if first is None:
+            first = torch.where(matches.any(1), matches.to(torch.uint8).argmax(1), torch.full_like(n_rel, k))
         for kk in ks:
             out[f"recall@{kk}"] = float((first < kk).sum())
     if "precision@1" in include:
@@ -134,7 +136,8 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
                       exact: bool = False, faiss_index: str = "flat",
                       device: torch.device | str | None = None, progress: bool = False,
                       seed: int = 0) -> dict[str, float]:
-    """All requested metrics from one k-NN search, k = max(max K, max R).
+    """All requested metrics from one blocked search (top-k of k = max R, plus each query's first-hit
+    rank at any depth; FAISS: a k-NN search with k = max(max K, max R)).
 
     ``embeddings``/``labels`` are the queries; without ``gallery`` they are searched against
     themselves (self excluded by index), with it against the gallery (In-Shop). Keys:
@@ -167,19 +170,21 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
     out: dict[str, float] = {}
     retrieval = [m for m in include if m != "nmi"]
     if retrieval:
-        n_gallery = len(g_ids)
-        k = min(max(ks[-1], int(n_rel.max())), n_gallery - int(self_mode))
+        available = len(g_ids) - int(self_mode)
+        # The blocked search counts the first hit's rank at any depth, so it needs a top-k of max R
+        # only (12 for SOP instead of 1000); FAISS only knows its top-k, so it needs max K too.
+        k = int(n_rel.max()) if backend == "blocked" else max(ks[-1], int(n_rel.max()))
+        k = min(max(k, 1), available)
         sums: dict[str, float] = {}
         count = 0
-        for q0, _, idx in iter_knn(embeddings, gallery, k, geometry, curvature,
-                                   exclude_self=self_mode, block_size=block_size,
-                                   gallery_block_size=gallery_block_size, exact=exact,
-                                   backend=backend, faiss_index=faiss_index, device=device,
-                                   progress=progress):
-            qi = q_ids[q0:q0 + idx.shape[0]].to(idx.device)
-            keep = ~lone[q0:q0 + idx.shape[0]].to(idx.device)
-            matches = (g_ids.to(idx.device)[idx] == qi[:, None])[keep]
-            s, n = _block_sums(matches, n_rel[q0:q0 + idx.shape[0]].to(idx.device)[keep], ks, retrieval)
+        for q0, _, idx, first in iter_knn_first_hit(
+                embeddings, q_ids, gallery, None if self_mode else g_ids, k, geometry, curvature,
+                exclude_self=self_mode, block_size=block_size, gallery_block_size=gallery_block_size,
+                exact=exact, backend=backend, faiss_index=faiss_index, device=device, progress=progress):
+            b = idx.shape[0]
+            keep = ~lone[q0:q0 + b].to(idx.device)
+            matches = (g_ids.to(idx.device)[idx] == q_ids[q0:q0 + b].to(idx.device)[:, None])[keep]
+            s, n = _block_sums(matches, n_rel[q0:q0 + b].to(idx.device)[keep], ks, retrieval, first[keep])
             for key, val in s.items():
                 sums[key] = sums.get(key, 0.0) + val
             count += n

@@ -38,7 +38,7 @@ from .hyperbolic import _no_autocast, lorentz_query, to_lorentz
 BACKENDS = ("blocked", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
-__all__ = ["BACKENDS", "FAISS_INDEXES", "iter_knn", "knn"]
+__all__ = ["BACKENDS", "FAISS_INDEXES", "iter_knn", "iter_knn_first_hit", "knn"]
 
 
 def _as_tensor(x: Any, name: str, device: torch.device | str | None) -> torch.Tensor:
@@ -80,22 +80,28 @@ def _to_similarity(raw: torch.Tensor, q2: torch.Tensor | None, geometry: str,
     return raw
 
 
+def _rank(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort candidates by score descending, ties by lower gallery index; keep k."""
+    order = torch.argsort(idx, dim=1, stable=True)
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    return vals.gather(1, order), idx.gather(1, order)
+
+
 def _sorted_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per row, sorted by score descending then column ascending (deterministic ties)."""
     n = scores.shape[1]
     if k >= n:
-        vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
-        return vals, idx
-    vals, idx = torch.topk(scores, k, dim=1, largest=True, sorted=True)
-    # topk's order among equal values is unspecified: reorder by index within equal scores.
-    order = torch.argsort(idx, dim=1, stable=True)
-    vals, idx = vals.gather(1, order), idx.gather(1, order)
-    order = torch.argsort(vals, dim=1, descending=True, stable=True)
-    vals, idx = vals.gather(1, order), idx.gather(1, order)
-    # Ties straddling the k-th place: a lower-index equal item may have been left out; redo those rows.
-    kth = vals[:, -1:]
-    boundary = (scores == kth).sum(1) != (vals == kth).sum(1)
-    if boundary.any():
+        return torch.sort(scores, dim=1, descending=True, stable=True)
+    # One extra element tells whether a tie straddles the k-th place (the (k+1)-th value equals it).
+    vals, idx = torch.topk(scores, k + 1, dim=1, largest=True, sorted=True)
+    boundary = vals[:, k - 1] == vals[:, k]
+    vals, idx = vals[:, :k], idx[:, :k]
+    tied = (vals[:, 1:] == vals[:, :-1]).any(1)  # topk's order among equal values is unspecified
+    if tied.any():
+        rows = torch.nonzero(tied).flatten()
+        vals[rows], idx[rows] = _rank(vals[rows], idx[rows], k)
+    if boundary.any():  # a lower-index equal item may have been left out: redo those rows fully
         rows = torch.nonzero(boundary).flatten()
         v, i = torch.sort(scores[rows], dim=1, descending=True, stable=True)
         vals[rows], idx[rows] = v[:, :k], i[:, :k]
@@ -130,9 +136,62 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="query")
 
 
+def _block_scores(qf: torch.Tensor, q_index: torch.Tensor, gf: torch.Tensor, g_bias: torch.Tensor | None,
+                  g0: int, g1: int, exclude_self: bool) -> torch.Tensor:
+    """Ranking scores (higher = closer) of query rows against gallery columns [g0, g1); the query's
+    own column (query i is gallery item i) set to −inf."""
+    s = qf @ gf[g0:g1].T
+    if g_bias is not None:
+        s = -(s + g_bias[g0:g1])  # euclidean: −(‖g‖² − 2⟨q,g⟩)
+    if exclude_self:
+        cols = q_index - g0
+        hit = (cols >= 0) & (cols < g1 - g0)
+        s[torch.nonzero(hit).flatten(), cols[hit]] = -torch.inf
+    return s
+
+
+def _best_positive(s: torch.Tensor, same: torch.Tensor, g0: int,
+                   best: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running (score, index) of each row's closest same-class column; ties → lower index."""
+    pos = s.masked_fill(~same, -torch.inf)
+    t = pos.max(1).values
+    j = (pos == t[:, None]).to(torch.uint8).argmax(1) + g0  # first (lowest) column at the max
+    if best is None:
+        return t, j
+    better = t > best[0]  # equal scores keep the earlier (lower-index) block's item
+    return torch.where(better, t, best[0]), torch.where(better, j, best[1])
+
+
+def _count_before(s: torch.Tensor, t: torch.Tensor, j: torch.Tensor, g0: int) -> torch.Tensor:
+    """Columns ranked before item j of score t: higher score, or equal score and lower index."""
+    cols = torch.arange(g0, g0 + s.shape[1], device=s.device)
+    before = (s > t[:, None]) | ((s == t[:, None]) & (cols[None, :] < j[:, None]))
+    return before.view(torch.uint8).sum(1, dtype=torch.int64)
+
+
+def _first_positive_rank(qf: torch.Tensor, q_index: torch.Tensor, q_lab: torch.Tensor, gf: torch.Tensor,
+                         g_bias: torch.Tensor | None, g_lab: torch.Tensor, exclude_self: bool,
+                         gallery_block_size: int, s_full: torch.Tensor | None) -> torch.Tensor:
+    """0-based rank of each row's closest same-class gallery item (n_gallery if it has none).
+    ``s_full``: the rows' complete score rows when already in memory (one gallery block)."""
+    n_g = gf.shape[0]
+    spans = [(g0, min(g0 + gallery_block_size, n_g)) for g0 in range(0, n_g, gallery_block_size)]
+
+    def scores(g0, g1):
+        return s_full if s_full is not None else _block_scores(qf, q_index, gf, g_bias, g0, g1, exclude_self)
+
+    best = None
+    for g0, g1 in spans:
+        best = _best_positive(scores(g0, g1), g_lab[None, g0:g1] == q_lab[:, None], g0, best)
+    t, j = best
+    rank = sum(_count_before(scores(g0, g1), t, j, g0) for g0, g1 in spans)
+    return torch.where(torch.isfinite(t), rank, torch.full_like(rank, n_g))
+
+
 def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, curvature: float,
-             exclude_self: bool, block_size: int, gallery_block_size: int, exact: bool,
-             bar) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+             exclude_self: bool, block_size: int, gallery_block_size: int, exact: bool, bar,
+             labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+             ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     work = torch.float64 if exact else torch.promote_types(query.dtype, torch.float32)
     with torch.no_grad(), _no_autocast(query.device):
         gf = _features(gallery.to(work), geometry, curvature, "gallery").to(work)
@@ -141,27 +200,36 @@ def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, 
             g_bias = gf.pow(2).sum(1)
             gf = gf * -2
         n_g = gf.shape[0]
+        if labels is not None:
+            q_lab_all, g_lab = labels[0].to(gf.device), labels[1].to(gf.device)
         for q0 in range(0, query.shape[0], block_size):
             qf = _features(query[q0:q0 + block_size].to(work), geometry, curvature, "query").to(work)
-            run_v = run_i = None
+            q_index = torch.arange(q0, q0 + qf.shape[0], device=qf.device)
+            run_v = run_i = s = None
             for g0 in range(0, n_g, gallery_block_size):
-                s = qf @ gf[g0:g0 + gallery_block_size].T
-                if g_bias is not None:
-                    s = -(s + g_bias[g0:g0 + gallery_block_size])  # negate: higher = closer
-                if exclude_self:
-                    rows = torch.arange(qf.shape[0], device=s.device)
-                    cols = rows + q0 - g0
-                    hit = (cols >= 0) & (cols < s.shape[1])
-                    s[rows[hit], cols[hit]] = -torch.inf
-                v, i = _sorted_topk(s, min(k, s.shape[1]))
+                g1 = min(g0 + gallery_block_size, n_g)
+                s = _block_scores(qf, q_index, gf, g_bias, g0, g1, exclude_self)
+                v, i = _sorted_topk(s, min(k, g1 - g0))
                 run_v, run_i = _merge(run_v, run_i, v, i + g0, k)
+            first = None
+            if labels is not None:  # rank of the first same-class item, found in the top-k or counted
+                q_lab = q_lab_all[q0:q0 + qf.shape[0]]
+                match = g_lab[run_i] == q_lab[:, None]
+                first = torch.where(match.any(1), match.to(torch.uint8).argmax(1),
+                                    torch.full_like(q_lab, -1))
+                rows = torch.nonzero(first < 0).flatten()
+                if len(rows):
+                    first[rows] = _first_positive_rank(
+                        qf[rows], q_index[rows], q_lab[rows], gf, g_bias, g_lab, exclude_self,
+                        gallery_block_size, s[rows] if n_g <= gallery_block_size else None)
+            del s
             q2 = qf.pow(2).sum(1) if geometry == "euclidean" else None
             if geometry == "euclidean":
                 run_v = -run_v
             sim = _to_similarity(run_v, q2, geometry, curvature).to(torch.float32)
             if bar is not None:
                 bar.update(qf.shape[0])
-            yield q0, sim, run_i
+            yield q0, sim, run_i, first
 
 
 def _faiss_index(dim: int, metric: int, index: str, n_gallery: int, nlist: int | None, hnsw_m: int):
@@ -173,14 +241,6 @@ def _faiss_index(dim: int, metric: int, index: str, n_gallery: int, nlist: int |
     if index == "ivf":  # faiss keeps a reference to the quantizer itself
         return faiss.IndexIVFFlat(flat(dim), dim, nlist or max(1, int(4 * math.sqrt(n_gallery))), metric)
     return faiss.IndexHNSWFlat(dim, hnsw_m, metric)
-
-
-def _rank(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort candidates by score descending, ties by lower gallery index; keep k."""
-    order = torch.argsort(idx, dim=1, stable=True)
-    vals, idx = vals.gather(1, order), idx.gather(1, order)
-    order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
-    return vals.gather(1, order), idx.gather(1, order)
 
 
 def _faiss(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, curvature: float,
@@ -243,21 +303,13 @@ def _faiss(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, cu
             yield q0, sim.float().to(device), idx.to(device)
 
 
-def iter_knn(query: Any, gallery: Any | None = None, k: int = 10, geometry: str = "poincare",
-             curvature: float = 0.1, *, exclude_self: bool | None = None, block_size: int = 1024,
-             gallery_block_size: int = 65536, exact: bool = False, backend: str = "blocked",
-             faiss_index: str = "flat", nprobe: int = 16, nlist: int | None = None, hnsw_m: int = 32,
-             ef_search: int = 128, refine: int = 4, device: torch.device | str | None = None,
-             progress: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(start, similarities, indices)`` per block of ``block_size`` queries.
-
-    ``similarities`` (b, k) float32 are sorted descending (−distance for poincare/euclidean, cosine
-    for sphere) and ``indices`` (b, k) int64 point into the gallery. ``gallery=None`` searches the
-    queries against themselves with ``exclude_self`` defaulting to True (query i is gallery item i).
-    ``backend="faiss"`` uses an inner-product index on the Lorentz lift (``faiss_index``: ``flat``
-    exact, ``ivf``/``hnsw`` approximate; ``nprobe``/``nlist`` for IVF, ``hnsw_m``/``ef_search`` for
-    HNSW, and for poincare ``refine`` · k candidates re-ranked exactly).
-    """
+def _search(query: Any, gallery: Any | None, k: int, geometry: str, curvature: float, *,
+            exclude_self: bool | None = None, block_size: int = 1024, gallery_block_size: int = 65536,
+            exact: bool = False, backend: str = "blocked", faiss_index: str = "flat", nprobe: int = 16,
+            nlist: int | None = None, hnsw_m: int = 32, ef_search: int = 128, refine: int = 4,
+            device: torch.device | str | None = None, progress: bool = False,
+            labels: tuple[Any, Any] | None = None):
+    """Validate, then yield ``(start, sim, idx, first_rank | None)`` from the chosen backend."""
     check_geometry(geometry)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -276,18 +328,62 @@ def iter_knn(query: Any, gallery: Any | None = None, k: int = 10, geometry: str 
     if exclude_self and g.shape[0] < q.shape[0]:
         raise ValueError("exclude_self needs query i to be gallery item i; gallery is smaller than query")
     k = _check_k(k, g.shape[0], exclude_self)
+    if labels is not None:
+        labels = tuple(torch.as_tensor(lab, dtype=torch.int64) for lab in labels)
+        if labels[0].shape != (q.shape[0],) or labels[1].shape != (g.shape[0],):
+            raise ValueError(f"labels must be 1-d with {q.shape[0]} query and {g.shape[0]} gallery entries")
     bar = _progress(q.shape[0], progress, "k-NN search")
     if backend == "faiss":
         gen = _faiss(q, g, k, geometry, curvature, exclude_self, block_size, faiss_index, nprobe,
                      nlist, hnsw_m, ef_search, refine, bar)
     else:
         gen = _blocked(q, g, k, geometry, curvature, exclude_self, block_size, gallery_block_size,
-                       exact, bar)
+                       exact, bar, labels)
     try:
-        yield from gen
+        for q0, sim, idx, *rest in gen:
+            first = rest[0] if rest else None
+            if labels is not None and first is None:  # faiss: only the top-k is known
+                match = labels[1].to(idx.device)[idx] == labels[0][q0:q0 + len(idx)].to(idx.device)[:, None]
+                first = torch.where(match.any(1), match.to(torch.uint8).argmax(1),
+                                    torch.full((len(idx),), k, device=idx.device))
+            yield q0, sim, idx, first
     finally:
         if bar is not None:
             bar.close()
+
+
+def iter_knn(query: Any, gallery: Any | None = None, k: int = 10, geometry: str = "poincare",
+             curvature: float = 0.1, **kwargs: Any) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, similarities, indices)`` per block of ``block_size`` queries.
+
+    ``similarities`` (b, k) float32 are sorted descending (−distance for poincare/euclidean, cosine
+    for sphere) and ``indices`` (b, k) int64 point into the gallery. ``gallery=None`` searches the
+    queries against themselves with ``exclude_self`` defaulting to True (query i is gallery item i).
+    Keyword arguments: ``exclude_self``, ``block_size`` (queries per block, default 1024),
+    ``gallery_block_size`` (65536), ``exact`` (float64 scores), ``device``, ``progress`` (tqdm), and
+    ``backend="faiss"``: an inner-product index on the Lorentz lift (``faiss_index``: ``flat`` exact,
+    ``ivf``/``hnsw`` approximate; ``nprobe``/``nlist`` for IVF, ``hnsw_m``/``ef_search`` for HNSW, and
+    for poincare ``refine`` · k candidates re-ranked exactly).
+    """
+    for q0, sim, idx, _ in _search(query, gallery, k, geometry, curvature, **kwargs):
+        yield q0, sim, idx
+
+
+def iter_knn_first_hit(query: Any, query_labels: Any, gallery: Any | None = None,
+                       gallery_labels: Any | None = None, k: int = 10, geometry: str = "poincare",
+                       curvature: float = 0.1, **kwargs: Any
+                       ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``iter_knn`` plus, per query, the 0-based rank of its closest same-class gallery item.
+
+    Labels are int64 class ids. With the blocked backend the rank is exact at any depth (counted
+    in the score block for queries with no hit in the top-k, so Recall@1000 needs only a top-k of
+    max R, not 1000); it is ``n_gallery`` for a query without any same-class item. With FAISS only
+    the top-k is known and the rank is ``k`` when there is no hit in it.
+    """
+    labels = (query_labels, query_labels if gallery is None else gallery_labels)
+    if labels[1] is None:
+        raise ValueError("gallery given without gallery_labels")
+    yield from _search(query, gallery, k, geometry, curvature, labels=labels, **kwargs)
 
 
 def knn(query: Any, gallery: Any | None = None, k: int = 10, geometry: str = "poincare",

@@ -99,12 +99,15 @@ def test_query_gallery_matches_brute_force(geometry):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
 
 
-def test_ties_follow_lower_gallery_index():
-    # integer grid with duplicate points and two classes interleaved: ranks hinge on tie-breaking
+@pytest.mark.parametrize("gallery_block_size", [65536, 5])
+def test_ties_follow_lower_gallery_index(gallery_block_size):
+    # integer grid with duplicate points and three classes interleaved: ranks hinge on tie-breaking
     pts = np.array([[a, b] for a in range(4) for b in range(3)] * 2, dtype=np.float64)
     labels = np.arange(len(pts)) % 3
-    got = retrieval_metrics(pts, labels, "euclidean", ks=(1, 2, 3), exact=True)
-    want = oracle_metrics(pts, labels, pts, labels, "euclidean", 1.0, (1, 2, 3), self_mode=True)
+    ks = (1, 2, 3, 5, 9)
+    got = retrieval_metrics(pts, labels, "euclidean", ks=ks, exact=True, block_size=7,
+                            gallery_block_size=gallery_block_size)
+    want = oracle_metrics(pts, labels, pts, labels, "euclidean", 1.0, ks, self_mode=True)
     for key in want:
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
 

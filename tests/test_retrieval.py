@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_hvit.retrieval import iter_knn, knn
+from modeling_hvit.retrieval import iter_knn, iter_knn_first_hit, knn
 
 GEOMETRIES = ("poincare", "sphere", "euclidean")
 
@@ -120,6 +120,45 @@ def test_self_excluded_by_index_not_by_distance():
     np.testing.assert_array_equal(idx[:, 0].numpy(), [1, 0, 0, 0])  # a duplicate, never itself
     np.testing.assert_array_equal(idx[0].numpy(), [1, 3])
     assert abs(sim[0, 0]) < 1e-6 and abs(sim[0, 1]) < 1e-6  # acosh near 1: ~√ε accuracy
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("gallery_block_size", [65536, 11])
+@pytest.mark.parametrize("self_mode", [True, False])
+def test_first_hit_rank_at_any_depth(geometry, gallery_block_size, self_mode):
+    """Rank of the closest same-class item, counted beyond the top-k, equals the brute-force rank."""
+    c = 0.1
+    x = ball_points(90, 4, c, seed=13)
+    labels = torch.from_numpy(np.random.default_rng(0).integers(0, 30, 90))
+    q, ql = (x, labels) if self_mode else (x[:30], labels[:30])
+    g, gl = (None, None) if self_mode else (x[30:], labels[30:])
+    firsts = [f for *_, f in iter_knn_first_hit(q, ql, g, gl, k=2, geometry=geometry, curvature=c,
+                                                exact=True, block_size=16,
+                                                gallery_block_size=gallery_block_size)]
+    first = torch.cat(firsts).numpy()
+    gx, gy = (x, labels) if self_mode else (g, gl)
+    order, _ = oracle_knn(q.numpy(), gx.numpy(), len(gx) - int(self_mode), geometry, c, self_mode)
+    for i in range(len(q)):
+        hits = np.nonzero(gy.numpy()[order[i]] == ql[i].item())[0]
+        assert first[i] == (hits[0] if len(hits) else len(gx)), i
+    assert (first >= 2).sum() > 10  # most ranks come from the count, not the top-k
+
+
+@pytest.mark.parametrize("gallery_block_size", [65536, 5, 3])
+def test_first_hit_rank_with_tied_positives_across_blocks(gallery_block_size):
+    # query 0 at the origin; closer negatives; two positives tied at distance 2 (indices 7 and 13)
+    xs = [0, 1, -1, 1, -1, 1, -1, 2, 3, 3, 3, 3, 3, -2]
+    pts = torch.tensor([[v, 0.0] for v in xs], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 7, 8, 9, 10, 11, 0])
+    *_, first = next(iter_knn_first_hit(pts[:1], labels[:1], pts, labels, k=1, geometry="euclidean",
+                                        exclude_self=True, gallery_block_size=gallery_block_size))
+    assert first.tolist() == [6]  # six closer negatives, then index 7 (the lower of the tie)
+    for *_, first in iter_knn_first_hit(pts, labels, k=1, geometry="euclidean", block_size=4,
+                                        gallery_block_size=gallery_block_size, exact=True):
+        pass
+    order, _ = oracle_knn(pts.numpy(), pts.numpy(), 13, "euclidean", 1.0, True, decimals=9)
+    i = 13  # the query at −2: positives 0 (distance 2) and 7 (distance 4)
+    assert first[-1].item() == np.nonzero(labels.numpy()[order[i]] == 0)[0][0]
 
 
 def test_iter_knn_streams_blocks_in_order():
