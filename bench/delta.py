@@ -6,7 +6,8 @@
 Each variant runs in its own subprocess, on the same features (a seeded mixture of 20 Gaussian
 clusters in 384-d). Time: best of ``--repeats`` wall-clock runs of the variant. Memory: the child's
 peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and that peak minus the RSS just before the
-timed section ("extra"), i.e. what the computation itself allocated. Variants:
+timed section ("extra"), i.e. what the computation itself allocated. "CPU s" is the process CPU time
+of the best run (user + system, all threads): on a shared machine it moves less than wall time. Variants:
 
 - ``naive``: ``(torch.minimum(A[:, :, None], A[None]).amax(1) − A).max()`` at ``--naive-n`` (n³ floats:
   4 GB at n = 1,000), the reference's algorithm;
@@ -55,13 +56,14 @@ def child(variant: str, n: int, dim: int, repeats: int) -> None:
         def fn() -> float:
             return estimate_delta(feats, n=n, draws=1).delta_w_mean
     before = rss_mb()
-    times, value = [], None
+    times, cpu, value = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         value = fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": variant, "n": n, "seconds": min(times), "all": times, "delta_w": value,
+    print(json.dumps({"variant": variant, "n": n, "seconds": min(times), "all": times, "cpu_s": cpu[times.index(min(times))], "delta_w": value,
                       "peak_mb": peak, "extra_mb": peak - before}))
 
 
@@ -86,9 +88,9 @@ def main() -> None:
     rows = [run("naive", args.naive_n, args.dim, 1), run("blocked", args.naive_n, args.dim, args.repeats),
             run("draw", args.n, args.dim, args.repeats)]
     base = rows[0]["seconds"]
-    print(f"{'variant':<10}{'n':>6}{'seconds':>10}{'× naive':>10}{'peak MB':>10}{'extra MB':>10}  δ_w")
+    print(f"{'variant':<10}{'n':>6}{'seconds':>10}{'CPU s':>8}{'× naive':>10}{'peak MB':>10}{'extra MB':>10}  δ_w")
     for r in rows:
-        print(f"{r['variant']:<10}{r['n']:>6}{r['seconds']:>10.3f}{base / r['seconds']:>10.1f}"
+        print(f"{r['variant']:<10}{r['n']:>6}{r['seconds']:>10.3f}{r['cpu_s']:>8.2f}{base / r['seconds']:>10.1f}"
               f"{r['peak_mb']:>10.0f}{r['extra_mb']:>10.0f}  {r['delta_w']:.6f}")
     same = rows[0]["delta_w"] == rows[1]["delta_w"]
     print(f"naive and blocked δ_w at n = {args.naive_n} identical: {same}")

@@ -21,6 +21,8 @@ min/max are exact operations, so the blocked product equals the naive one bit fo
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -220,7 +222,9 @@ def _max_gain(A: torch.Tensor, block_size: int | None, k_chunk: int | None) -> f
 
 
 def _as_bases(base: int | Sequence[int], n: int) -> list[int]:
-    bases = [base] if isinstance(base, int) else [int(w) for w in base]
+    if isinstance(base, torch.Tensor):
+        base = base.tolist()
+    bases = [operator.index(base)] if isinstance(base, numbers.Integral) else [operator.index(w) for w in base]
     if not bases:
         raise ValueError("base must be an int or a non-empty sequence of point indices")
     for w in bases:

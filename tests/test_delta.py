@@ -254,6 +254,11 @@ def test_errors_for_bad_distance_matrices():
         delta_hyperbolicity(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="out of range"):
         delta_hyperbolicity(d, base=6)
+    with pytest.raises(ValueError, match="non-empty"):
+        delta_hyperbolicity(d, base=[])
+    ref = delta_hyperbolicity(d, base=[1, 3])
+    assert delta_hyperbolicity(d, base=np.array([1, 3])) == ref == delta_hyperbolicity(d, base=torch.tensor([1, 3]))
+    assert delta_hyperbolicity(d, base=np.int64(2)) == delta_hyperbolicity(d, base=2)
     with pytest.raises(ValueError, match="block_size"):
         delta_hyperbolicity(d, block_size=0)
     with pytest.raises(ValueError, match="floating-point"):
