@@ -63,8 +63,9 @@ def child(variant: str, n: int, dim: int, repeats: int) -> None:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": variant, "n": n, "seconds": min(times), "all": times, "cpu_s": cpu[times.index(min(times))], "delta_w": value,
-                      "peak_mb": peak, "extra_mb": peak - before}))
+    best = times.index(min(times))
+    print(json.dumps({"variant": variant, "n": n, "seconds": times[best], "all": times, "cpu_s": cpu[best],
+                      "delta_w": value, "peak_mb": peak, "extra_mb": peak - before}))
 
 
 def run(variant: str, n: int, dim: int, repeats: int) -> dict:
