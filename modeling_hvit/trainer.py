@@ -108,7 +108,7 @@ class HViTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"])
-        embeddings, global_labels = gather_batch(outputs.embeddings, labels)
+        embeddings, global_labels = gather_batch(outputs.embeddings.float(), labels)
         result = self.loss_fn(embeddings, global_labels)
         if model.training:
             for key, value in result.stats.items():
@@ -134,7 +134,8 @@ class HViTTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._loss_stats and "loss" in logs:
-            logs.update({f"train_{k}": round(torch.stack(v).float().mean().item(), 4)
+            reduce = {"min": torch.min, "max": torch.max}  # extremes over the logging window, means otherwise
+            logs.update({f"train_{k}": round(reduce.get(k.rsplit("_", 1)[-1], torch.mean)(torch.stack(v).float()).item(), 4)
                          for k, v in self._loss_stats.items()})
             self._loss_stats.clear()
         super().log(logs, *args, **kwargs)
