@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_model(targs.output_dir)
     if trainer.is_world_process_zero():  # save_model also wrote the image processor (HViTModel.save_pretrained)
         summary = {**results["trained"], "untrained": results["untrained"], "wall_seconds": time.perf_counter() - start,
-                   "dataset": dargs.dataset, "curvature": model.config.curvature, "delta_rel": model.config.delta_rel}
+                   "dataset": dargs.dataset, "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
+                   "world_size": trainer.args.world_size, "global_step": trainer.state.global_step}
         Path(targs.output_dir, "metrics.json").write_text(json.dumps(summary, indent=2))
         Path(targs.output_dir, "train_args.json").write_text(json.dumps(
             {"model": asdict(margs), "data": asdict(dargs), "training": targs.to_dict()}, indent=2, default=str))
