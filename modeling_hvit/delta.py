@@ -85,15 +85,16 @@ def _check_distance_matrix(dist: torch.Tensor) -> None:
                          f"[{j}, {i}] = {dist[j, i].item()}; expected d(x, y) = d(y, x)")
 
 
-def _check_triangle(A: torch.Tensor, base: int, diam: float) -> None:
-    """The triangle inequality through the base point, ``A_ij ≤ A_ii = d(i, w)``: a cheap O(n²) test
-    that catches non-metrics such as squared distances, for which δ means nothing."""
-    excess = A - A.diagonal()[:, None]
+def _check_triangle(dist: torch.Tensor, base: int, diam: float) -> None:
+    """The triangle inequality through the base point, ``d(j, w) ≤ d(i, w) + d(i, j)``: a cheap O(n²)
+    test that catches non-metrics such as squared distances, for which δ means nothing."""
+    row = dist[base]
+    excess = row[None, :] - row[:, None] - dist  # [i, j]: d(j, w) − d(i, w) − d(i, j)
     worst = float(excess.max())
     if worst > DIST_RTOL * diam:
         i, j = (int(v) for v in (excess == worst).nonzero()[0])
         raise ValueError(f"distance matrix violates the triangle inequality: d({j}, {base}) > "
-                         f"d({i}, {base}) + d({i}, {j}) by {worst * 2:.4g} (expected a metric; "
+                         f"d({i}, {base}) + d({i}, {j}) by {worst:.4g} (expected a metric; "
                          "squared distances are not one)")
 
 
@@ -111,15 +112,15 @@ def _warn_duplicates(what: str) -> None:
 
 
 def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
-    """(n, n) Euclidean distances in float64 from the Gram matrix; squared distances below its
-    rounding noise (1e-13·(‖x‖² + ‖y‖²), i.e. d ≲ 3e-7·‖x‖) are 0, so identical rows are at 0."""
+    """(n, n) Euclidean distances in float64 from the Gram matrix (in place: few n² passes); squared
+    distances below its rounding noise (2e-13·max ‖x‖², i.e. d ≲ 5e-7·max ‖x‖) are 0, so identical
+    rows are at distance exactly 0. Symmetric up to rounding."""
     x = features.double()
     sq = x.pow(2).sum(-1)
-    scale = sq[:, None] + sq[None, :]
-    d2 = scale - 2 * (x @ x.T)
-    d = torch.where(d2 > 1e-13 * scale, d2, 0.0).sqrt()
-    d.fill_diagonal_(0)
-    return d
+    d2 = (x @ x.T).mul_(-2).add_(sq[:, None]).add_(sq[None, :])
+    d2.masked_fill_(d2 <= 2e-13 * float(sq.max()), 0.0)
+    d2.fill_diagonal_(0)
+    return d2.sqrt_()
 
 
 def gromov_products(dist: torch.Tensor, base: int = 0) -> torch.Tensor:
@@ -128,8 +129,12 @@ def gromov_products(dist: torch.Tensor, base: int = 0) -> torch.Tensor:
     n = dist.shape[0]
     if not -n <= base < n:
         raise ValueError(f"base point {base} is out of range for {n} points")
+    return _gromov(dist, base, dist.dtype)
+
+
+def _gromov(dist: torch.Tensor, base: int, dtype: torch.dtype) -> torch.Tensor:
     row = dist[base]
-    return 0.5 * (row[:, None] + row[None, :] - dist)
+    return torch.add(row[:, None], row[None, :]).sub_(dist).mul_(0.5).to(dtype)
 
 
 def _plan(device: torch.device, n: int, block_size: int | None, k_chunk: int | None) -> tuple[int, int]:
@@ -256,13 +261,16 @@ def delta_hyperbolicity(dist: torch.Tensor, base: int | Sequence[int] = 0, block
     dup = _count_duplicates(dist)
     if dup:
         _warn_duplicates(f"distance matrix: {dup} pair(s) of distinct points at distance 0")
-    delta_w = 0.0
     for w in bases:
-        A = gromov_products(dist, w)
-        _check_triangle(A, w, diam)
-        A = A.to(dtype or dist.dtype)
-        delta_w = max(delta_w, _max_gain(A, block_size, k_chunk))
+        _check_triangle(dist, w, diam)
+    delta_w = _delta_w(dist, bases, block_size, k_chunk, dtype or dist.dtype)
     return delta_w, 2 * delta_w / diam, diam
+
+
+def _delta_w(dist: torch.Tensor, bases: list[int], block_size: int | None, k_chunk: int | None,
+             dtype: torch.dtype) -> float:
+    """max over ``bases`` of δ_w, for a symmetric distance matrix (no checks)."""
+    return max(_max_gain(_gromov(dist, w, dtype), block_size, k_chunk) for w in bases)
 
 
 def suggest_curvature(delta_rel: float) -> float:
@@ -340,14 +348,14 @@ def estimate_delta(features: torch.Tensor, n: int = 2000, draws: int = 100, seed
         it = range(draws)
     for _ in it:
         idx = torch.randperm(total, generator=gen)[:n].to(device)
-        dist = pairwise_euclidean(feats[idx])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # duplicates: reported once above
-            dw, dr, dm = delta_hyperbolicity(dist, base=list(range(base_points)), block_size=block_size,
-                                             dtype=torch.float32)
+        dist = pairwise_euclidean(feats[idx])  # a metric by construction: no checks needed
+        diam = float(dist.max())
+        if diam == 0:
+            raise ValueError(f"all {n} points of draw {len(rel)} coincide (diameter 0): δ_rel is undefined")
+        dw = _delta_w(dist, list(range(base_points)), block_size, None, torch.float32)
         dws.append(dw)
-        rel.append(dr)
-        diams.append(dm)
+        rel.append(2 * dw / diam)
+        diams.append(diam)
     mean = sum(rel) / draws
     std = math.sqrt(sum((r - mean) ** 2 for r in rel) / (draws - 1)) if draws > 1 else 0.0
     return DeltaEstimate(delta_rel_mean=mean, delta_rel_std=std, delta_w_mean=sum(dws) / draws,

@@ -291,6 +291,8 @@ def test_errors_for_bad_features():
         estimate_delta(feats, n=10, draws=0)
     with pytest.raises(ValueError, match="base_points"):
         estimate_delta(feats, n=10, base_points=11)
+    with pytest.warns(RuntimeWarning, match="9 of 10 rows"), pytest.raises(ValueError, match="diameter 0"):
+        estimate_delta(torch.ones(10, 3), n=5)
 
 
 def test_no_warning_on_clean_input():
