@@ -76,7 +76,7 @@ def build_cars(tree: FileTree, train_fraction: float = 0.5) -> Layout:
     for k, (path, cid) in enumerate(zip(paths, labels)):
         origin = f"{where}: annotations[{k}]"
         cid = int(cid)
-        if cid not in train and not 1 <= cid <= len(class_names):
+        if not 1 <= cid <= len(class_names):
             raise DataError(f"{origin}: class {cid} out of range (expected 1..{len(class_names)})")
         splits["train" if cid in train else "test"].append(Record(root + str(path), class_names[cid - 1], origin))
     return Layout(tree, splits, class_names)
@@ -110,7 +110,6 @@ def build_inshop(tree: FileTree) -> Layout:
     splits: dict[str, list[Record]] = {"train": [], "query": [], "gallery": []}
     items: set[str] = set()
     categories: set[str] = set()
-    count = None
     for origin, fields in read_table(tree, rel, 3, "image_name item_id evaluation_status", skip=2):
         name, item, status = fields
         if status not in splits:
@@ -125,7 +124,8 @@ def build_inshop(tree: FileTree) -> Layout:
     header = tree.read_text(rel).splitlines()[:1]
     count = parse_int(header[0].strip(), f"{tree[rel].describe()}:1", "image count") if header else 0
     if count != sum(map(len, splits.values())):
-        raise DataError(f"{tree[rel].describe()}:1: declares {count} images but lists {sum(map(len, splits.values()))} (truncated file?)")
+        listed = sum(map(len, splits.values()))
+        raise DataError(f"{tree[rel].describe()}:1: declares {count} images but lists {listed} (truncated file?)")
     check_disjoint({"train": splits["train"], "eval": splits["query"] + splits["gallery"]})
     return Layout(tree, splits, sorted(items), "category", sorted(categories))
 
@@ -174,7 +174,8 @@ def build_omniglot(tree: FileTree) -> Layout:
     for split, top in (("train", "images_background/"), ("test", "images_evaluation/")):
         prefixes = {rel.split(top)[0] for rel in tree.entries if rel.startswith(top) or "/" + top in rel}
         if not prefixes:
-            raise DataError(f"{tree.root}: no {top} (expected images_background.zip and images_evaluation.zip or their folders)")
+            raise DataError(f"{tree.root}: no {top} (expected images_background.zip and "
+                            "images_evaluation.zip or their folders)")
         prefix = min(prefixes, key=len) + top
         chars: dict[str, list[str]] = {}
         for rel in tree.entries:
@@ -183,7 +184,8 @@ def build_omniglot(tree: FileTree) -> Layout:
                 if len(parts) != 3:
                     raise DataError(f"{tree[rel].describe()}: expected {top}<alphabet>/<character>/<image>.png")
                 chars.setdefault(f"{parts[0]}/{parts[1]}", []).append(rel)
-        splits[split] = [Record(rel, c, tree[rel].describe(), c.split("/")[0]) for c in sorted(chars) for rel in sorted(chars[c])]
+        splits[split] = [Record(rel, c, tree[rel].describe(), c.split("/")[0])
+                         for c in sorted(chars) for rel in sorted(chars[c])]
         alphabets.update(c.split("/")[0] for c in chars)
         names += sorted(chars)
     check_disjoint(splits)
@@ -211,7 +213,8 @@ def build_folder(tree: FileTree, split_rule: str = "half", train_fraction: float
         raise ValueError(f"split_rule must be 'half' or 'given', got {split_rule!r}")
     prefix = ""
     while not _class_folders(tree, prefix):
-        tops = {rel[len(prefix):].split("/")[0] for rel in tree.entries if rel.startswith(prefix) and "/" in rel[len(prefix):]}
+        below = [rel[len(prefix):] for rel in tree.entries if rel.startswith(prefix)]
+        tops = {rest.split("/")[0] for rest in below if "/" in rest}
         if len(tops) != 1:
             break
         prefix += tops.pop() + "/"
@@ -254,7 +257,8 @@ def build_hub(repo: str, *, hub_config: str | None = None, source_split: str | N
         full = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
         labels = list(full.with_format(None)["label"])
         train, _ = split_classes(sorted(set(labels)), train_fraction)
-        idx = {"train": [i for i, y in enumerate(labels) if y in train], "test": [i for i, y in enumerate(labels) if y not in train]}
+        idx = {"train": [i for i, y in enumerate(labels) if y in train],
+               "test": [i for i, y in enumerate(labels) if y not in train]}
         out = datasets.DatasetDict({k: full.select(v) for k, v in idx.items()})
     else:
         raise ValueError(f"split_rule must be 'half' or 'given', got {split_rule!r}")
@@ -272,7 +276,8 @@ def _verify_hub(repo: str, dsd: datasets.DatasetDict, skip: bool) -> datasets.Da
             raise DataError(f"{repo} [{split}] row {bad[0][0]}: {bad[0][1]} ({len(bad)} bad image(s); "
                             "pass skip_bad_images=True to skip them)")
         if bad:
-            warnings.warn(f"{repo} [{split}]: skipped {len(bad)} bad image(s), first row {bad[0][0]}: {bad[0][1]}", stacklevel=3)
+            warnings.warn(f"{repo} [{split}]: skipped {len(bad)} bad image(s), first row {bad[0][0]}: {bad[0][1]}",
+                          stacklevel=3)
             drop = {i for i, _ in bad}
             ds = ds.select([i for i in range(len(ds)) if i not in drop])
         out[split] = ds

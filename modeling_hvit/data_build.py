@@ -73,7 +73,8 @@ def split_classes(names: list[str], train_fraction: float = 0.5) -> tuple[set[st
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
     n_train = int(len(names) * train_fraction)
     if n_train == 0 or n_train == len(names):
-        raise DataError(f"{len(names)} classes cannot be split into non-empty train/test halves (train_fraction={train_fraction})")
+        raise DataError(f"{len(names)} classes cannot be split into non-empty train/test halves "
+                        f"(train_fraction={train_fraction})")
     return set(names[:n_train]), set(names[n_train:])
 
 

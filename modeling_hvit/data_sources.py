@@ -25,6 +25,8 @@ from pathlib import Path
 from PIL import Image
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+ANNOTATION_SUFFIXES = (".txt", ".mat", ".csv", ".json")
+SMALL_FILE = 64 << 20  # bytes; annotation files above this are re-read from the archive
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -58,6 +60,7 @@ class FileTree:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.entries: dict[str, Entry] = {}
+        self._small: dict[str, bytes] = {}
         if not self.root.exists():
             raise DataError(f"{self.root}: no such file or directory (expected the dataset folder or archive)")
         if self.root.is_file():
@@ -85,9 +88,11 @@ class FileTree:
             self._mount(path, prefix)
 
     def _mount(self, path: Path, prefix: str) -> None:
-        members = list_archive(path)
+        members, small = list_archive(path)
         for name in members:
             self.entries.setdefault(prefix + name, Entry(name, str(path)))
+        for name, data in small.items():  # annotation files of compressed tars, kept from the listing pass
+            self._small[prefix + name] = data
 
     # -- queries --------------------------------------------------------------------------------
     def __contains__(self, rel: str) -> bool:
@@ -105,6 +110,8 @@ class FileTree:
         return best[: -len(name)]
 
     def read_bytes(self, rel: str) -> bytes:
+        if rel in self._small:
+            return self._small[rel]
         return read_entry(self.entries[rel])
 
     def read_text(self, rel: str) -> str:
@@ -121,14 +128,27 @@ class FileTree:
         return {"path": rel, "bytes": read_entry(entry)}
 
 
-def list_archive(path: Path) -> list[str]:
-    """Names of the regular files inside a zip or tar archive, in stored order."""
+def list_archive(path: Path) -> tuple[list[str], dict[str, bytes]]:
+    """Regular files inside a zip or tar, in stored order, plus the bytes of small annotation files
+    of compressed tars (a random read there re-decompresses the archive, so keep them now)."""
+    small: dict[str, bytes] = {}
     try:
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as zf:
-                return [i.filename for i in zf.infolist() if not i.is_dir()]
-        with tarfile.open(path) as tf:
-            return [m.name.removeprefix("./") for m in tf.getmembers() if m.isfile()]
+                return [i.filename for i in zf.infolist() if not i.is_dir()], small
+        if not is_streaming_archive(str(path)):
+            with tarfile.open(path) as tf:
+                return [m.name.removeprefix("./") for m in tf.getmembers() if m.isfile()], small
+        names = []
+        with tarfile.open(path, mode="r|*") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                name = member.name.removeprefix("./")
+                names.append(name)
+                if name.lower().endswith(ANNOTATION_SUFFIXES) and member.size <= SMALL_FILE:
+                    small[name] = tf.extractfile(member).read()
+        return names, small
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
         raise DataError(f"{path}: not a readable archive ({err})") from None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modeling_hvit.data import build_dataset, dataset_labels
-from modeling_hvit.demo_data import SHAPES, build_demo_dataset
+from modeling_hvit.demo_data import SHAPES, TEXTURES, build_demo_dataset
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +48,12 @@ def test_hierarchy_matches_class_names(demo):
 
 
 def test_deterministic_and_seeded():
-    a = build_demo_dataset(num_shapes=3, num_colours=2, images_per_class=3, image_size=16, seed=1)
-    b = build_demo_dataset(num_shapes=3, num_colours=2, images_per_class=3, image_size=16, seed=1)
-    c = build_demo_dataset(num_shapes=3, num_colours=2, images_per_class=3, image_size=16, seed=2)
+    a = build_demo_dataset(num_shapes=3, num_colours=2, num_textures=4, images_per_class=3, image_size=16, seed=1)
+    b = build_demo_dataset(num_shapes=3, num_colours=2, num_textures=4, images_per_class=3, image_size=16, seed=1)
+    c = build_demo_dataset(num_shapes=3, num_colours=2, num_textures=4, images_per_class=3, image_size=16, seed=2)
     np.testing.assert_array_equal(pixels(a["test"]), pixels(b["test"]))
     assert not np.array_equal(pixels(a["test"]), pixels(c["test"]))
-    assert len(a["train"]) + len(a["test"]) == 3 * 2 * 2 * 3 and a["test"][0]["image"].size == (16, 16)
+    assert len(a["train"]) + len(a["test"]) == 3 * 2 * len(TEXTURES) * 3 and a["test"][0]["image"].size == (16, 16)
     with pytest.raises(ValueError, match="num_shapes"):
         build_demo_dataset(num_shapes=99)
 
