@@ -111,6 +111,7 @@ def _warn_duplicates(what: str) -> None:
         RuntimeWarning, stacklevel=3)
 
 
+@torch.no_grad()
 def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
     """(n, n) Euclidean distances in float64 from the Gram matrix (in place: few n² passes); squared
     distances below its rounding noise (2e-13·max ‖x‖², i.e. d ≲ 5e-7·max ‖x‖) are 0, so identical
@@ -123,6 +124,7 @@ def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
     return d2.sqrt_()
 
 
+@torch.no_grad()
 def gromov_products(dist: torch.Tensor, base: int = 0) -> torch.Tensor:
     """Gromov products ``A_ij = ½(d(i,w) + d(j,w) − d(i,j))`` at the base point ``w = base``."""
     _check_square(dist, "distance matrix")
@@ -194,6 +196,7 @@ def _block_max_min(rows: torch.Tensor, cols: torch.Tensor, k_chunk: int) -> torc
     return out
 
 
+@torch.no_grad()
 def max_min_product(A: torch.Tensor, block_size: int | None = None,
                     k_chunk: int | None = None) -> torch.Tensor:
     """Max-min matrix product ``(A ⊗ A)_ij = max_k min(A_ik, A_kj)`` of a square matrix, in blocks.
@@ -238,6 +241,7 @@ def _as_bases(base: int | Sequence[int], n: int) -> list[int]:
     return bases
 
 
+@torch.no_grad()
 def delta_hyperbolicity(dist: torch.Tensor, base: int | Sequence[int] = 0, block_size: int | None = None,
                         k_chunk: int | None = None, dtype: torch.dtype | None = None
                         ) -> tuple[float, float, float]:
@@ -314,6 +318,7 @@ def _check_features(features: torch.Tensor) -> None:
                              f"{int(rows[0])}); expected finite features")
 
 
+@torch.no_grad()
 def estimate_delta(features: torch.Tensor, n: int = 2000, draws: int = 100, seed: int = 0,
                    device: torch.device | str | None = None, progress: bool = False,
                    base_points: int = 1, block_size: int | None = None) -> DeltaEstimate:

@@ -218,6 +218,11 @@ def test_estimate_delta_seed_and_base_points():
     assert full.delta_rel_std == pytest.approx(0.0, abs=1e-6)
 
 
+def test_features_with_gradients_are_accepted():
+    feats = torch.randn(20, 4, requires_grad=True)
+    assert estimate_delta(feats * 2, n=10, draws=2).delta_rel_mean > 0
+
+
 def test_estimate_delta_on_collinear_features_is_tree_like():
     feats = torch.rand(30, 1, dtype=torch.float64) * torch.randn(1, 16, dtype=torch.float64)
     est = estimate_delta(feats, n=20, draws=3)
