@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -81,6 +82,8 @@ def reference_recall(x: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
 
 def run_variant(variant: str, n: int) -> dict:
     x, labels = make_data(n)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = ru0.ru_utime + ru0.ru_stime
     t0 = time.perf_counter()
     if variant == "idle":
         out = {}
@@ -94,14 +97,20 @@ def run_variant(variant: str, n: int) -> dict:
     else:
         raise ValueError(f"unknown variant {variant!r}")
     wall = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     return {"variant": variant, "n": n, "wall_s": round(wall, 2),
+            "cpu_s": round(ru.ru_utime + ru.ru_stime - cpu0, 1),
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "metrics": {k: round(v, 4) for k, v in out.items()}}
 
 
-def spawn(variant: str, n: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--n", str(n)],
-                          capture_output=True, text=True, check=True)
+def spawn(variant: str, n: int, timeout: float) -> dict:
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--n", str(n)],
+                              capture_output=True, text=True, check=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "n": n, "wall_s": float("inf"), "cpu_s": float("nan"),
+                "maxrss_mb": float("nan"), "metrics": {}, "note": f"timed out after {timeout:.0f} s"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -110,24 +119,27 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=SOP_N)
     ap.add_argument("--ref-n", type=int, default=5000)
     ap.add_argument("--faiss", action="store_true", help="also time the FAISS flat/ivf/hnsw backends")
+    ap.add_argument("--timeout", type=float, default=900, help="per-variant limit in seconds")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.n)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; c={C}, dim={DIM}, K={KS}")
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"load average {load:.1f} at start; c={C}, dim={DIM}, K={KS}")
     rows = []
     for n, variants in [(args.ref_n, ["idle", "reference", "blocked"]),
                         (args.n, ["idle", "blocked"] + (["faiss-flat", "faiss-ivf", "faiss-hnsw"] if args.faiss else []))]:
         base = None
         for v in variants:
-            r = spawn(v, n)
+            r = spawn(v, n, args.timeout)
             if v == "idle":
                 base = r["maxrss_mb"]
             r["peak_increment_mb"] = round(r["maxrss_mb"] - base, 1)
             rows.append(r)
-            print(f"N={n:>6} {v:<11} {r['wall_s']:>8.2f} s  peak RSS {r['maxrss_mb']:>7.0f} MB "
-                  f"(+{r['peak_increment_mb']:.0f} MB over idle)  {r['metrics']}", flush=True)
+            print(f"N={n:>6} {v:<11} {r['wall_s']:>8.2f} s wall {r['cpu_s']:>7} s CPU  peak RSS {r['maxrss_mb']:>7.0f} MB "
+                  f"(+{r['peak_increment_mb']:.0f} MB over idle)  {r['metrics']} {r.get('note', '')}", flush=True)
     ref = next(r for r in rows if r["variant"] == "reference")
     ours_small = next(r for r in rows if r["variant"] == "blocked" and r["n"] == args.ref_n)
     ours_full = next(r for r in rows if r["variant"] == "blocked" and r["n"] == args.n)

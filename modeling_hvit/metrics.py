@@ -135,14 +135,15 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
                       backend: str = "blocked", block_size: int = 1024, gallery_block_size: int = 65536,
                       exact: bool = False, faiss_index: str = "flat",
                       device: torch.device | str | None = None, progress: bool = False,
-                      seed: int = 0) -> dict[str, float]:
+                      seed: int = 0, **search_kwargs: Any) -> dict[str, float]:
     """All requested metrics from one blocked search (top-k of k = max R, plus each query's first-hit
     rank at any depth; FAISS: a k-NN search with k = max(max K, max R)).
 
     ``embeddings``/``labels`` are the queries; without ``gallery`` they are searched against
     themselves (self excluded by index), with it against the gallery (In-Shop). Keys:
     ``recall@K`` for each K, ``precision@1``, ``r_precision``, ``map@r``, ``nmi`` (only when in
-    ``include``); values are fractions in [0, 1].
+    ``include``); values are fractions in [0, 1]. ``search_kwargs`` go to the search (FAISS
+    ``nprobe``, ``ef_search``, ``refine``, …; see ``retrieval.iter_knn``).
     """
     unknown = set(include) - set(METRICS)
     if unknown:
@@ -180,7 +181,8 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
         for q0, _, idx, first in iter_knn_first_hit(
                 embeddings, q_ids, gallery, None if self_mode else g_ids, k, geometry, curvature,
                 exclude_self=self_mode, block_size=block_size, gallery_block_size=gallery_block_size,
-                exact=exact, backend=backend, faiss_index=faiss_index, device=device, progress=progress):
+                exact=exact, backend=backend, faiss_index=faiss_index, device=device, progress=progress,
+                **search_kwargs):
             b = idx.shape[0]
             keep = ~lone[q0:q0 + b].to(idx.device)
             matches = (g_ids.to(idx.device)[idx] == q_ids[q0:q0 + b].to(idx.device)[:, None])[keep]

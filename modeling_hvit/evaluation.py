@@ -1,0 +1,253 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Evaluate a trained HViT model: embed a split, score it, print a table, write ``metrics.json``.
+
+Both outputs are scored (SPEC §2): the head embeddings in the model's geometry (Poincaré distance,
+cosine, or L2) and the encoder's CLS features with cosine (keys prefixed ``encoder_``, the paper's
+headline 384-d numbers). Datasets with ``query``/``gallery`` splits (In-Shop) are scored queries
+against the gallery, others (``test``) every image against all the others. The Trainer's evaluation
+and ``eval_hvit.py`` share ``retrieval_metrics`` (on already computed embeddings) and
+``embed_dataset``. ``--plot`` draws the head embeddings in the Poincaré disk (``visualize``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics
+
+__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_table", "main",
+           "resolve_dtype", "retrieval_metrics"]
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class EvalArguments:
+    model: str = field(metadata={"help": "Trained model: a local directory or a Hub id."})
+    dataset: str = field(default="demo", metadata={"help": "cub, cars, sop, inshop, omniglot, caltech101, "
+                         "folder, demo or hub:<org/name> (as for training)."})
+    data_dir: str | None = field(default=None, metadata={"help": "Extracted folder or official archive."})
+    split: str | None = field(default=None, metadata={"help": "Split to score; default test (or query/gallery)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json (and the plot) go; "
+                                   "default ./eval-<model name>-<dataset>."})
+    batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1, ..."})
+    precision: str = field(default="fp32", metadata={"help": "Encoder autocast: fp32, fp16 or bf16 "
+                           "(the head and all distances stay fp32)."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers for decoding images."})
+    image_size: int | None = field(default=None, metadata={"help": "Input size; default the backbone's."})
+    recall_ks: str | None = field(default=None, metadata={"help": "Comma-separated K; default by dataset."})
+    nmi: bool = field(default=False, metadata={"help": "Also compute NMI (k-means, slow on large sets)."})
+    backend: str = field(default="blocked", metadata={"help": "Neighbour search: blocked (exact) or faiss."})
+    faiss_index: str = field(default="flat", metadata={"help": "faiss backend: flat (exact), ivf or hnsw."})
+    block_size: int = field(default=1024, metadata={"help": "Queries per search block (memory bound)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Score only the first N images per split."})
+    plot: bool = field(default=False, metadata={"help": "Write poincare_disk.png (needs the viz extra)."})
+    plot_max_points: int = field(default=5000, metadata={"help": "Random subset size for the plot."})
+    hierarchy_column: str | None = field(default=None, metadata={"help": "Second colouring of the plot; "
+                                         "default the dataset's extra ClassLabel column if any."})
+    verify_images: bool = field(default=True, metadata={"help": "Open every image once while building."})
+    skip_bad_images: bool = field(default=False, metadata={"help": "Skip unreadable images (counted)."})
+    train_fraction: float = field(default=0.5, metadata={"help": "Class fraction for train (class-order splits)."})
+    split_rule: str = field(default="half", metadata={"help": "Split rule for folder/hub datasets."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code instead of this package."})
+    seed: int = field(default=0, metadata={"help": "Seed for the plot subset, UMAP and k-means."})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bars."})
+
+
+def resolve_dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+            "labels": torch.tensor([int(r["labels"]) for r in rows])}
+
+
+def embed_dataset(model: torch.nn.Module, dataset: Any, batch_size: int = 64,
+                  device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                  num_workers: int = 0, progress: bool = False,
+                  desc: str = "embedding") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(head embeddings, encoder features, labels) of a dataset yielding ``pixel_values``/``labels``
+    (``transforms.with_image_transform``); float32 CPU tensors, in dataset order. ``dtype`` fp16/bf16
+    autocasts the encoder; the model keeps its head in fp32."""
+    from torch.utils.data import DataLoader
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc=desc, unit="batch")
+    autocast = dtype is not None and dtype != torch.float32
+    embs, encs, labels = [], [], []
+    with torch.inference_mode():
+        for batch in loader:
+            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                out = model(pixel_values=batch["pixel_values"].to(device))
+            embs.append(out.embeddings.float().cpu())
+            encs.append(out.encoder_embeddings.float().cpu())
+            labels.append(batch["labels"])
+    if not embs:
+        raise ValueError("the dataset is empty: nothing to embed")
+    return torch.cat(embs), torch.cat(encs), torch.cat(labels)
+
+
+def evaluate_embeddings(emb: torch.Tensor, enc: torch.Tensor | None, labels: Any, geometry: str,
+                        curvature: float, ks: Sequence[int] | None = None, *,
+                        gallery: tuple[torch.Tensor, torch.Tensor | None, Any] | None = None,
+                        include: Sequence[str] = DEFAULT_METRICS, **search_kwargs: Any) -> dict[str, float]:
+    """Head metrics in its geometry plus ``encoder_``-prefixed cosine metrics of the encoder features.
+    ``gallery=(emb, enc, labels)`` scores the queries against it (In-Shop)."""
+    g_emb, g_enc, g_lab = gallery if gallery is not None else (None, None, None)
+    out = retrieval_metrics(emb, labels, geometry, curvature, ks, gallery=g_emb, gallery_labels=g_lab,
+                            include=include, **search_kwargs)
+    if enc is not None:
+        enc_out = retrieval_metrics(enc, labels, "sphere", curvature, ks, gallery=g_enc,
+                                    gallery_labels=g_lab, include=include, **search_kwargs)
+        out.update({f"encoder_{k}": v for k, v in enc_out.items()})
+    return out
+
+
+_METRIC = re.compile(r"^(encoder_)?(recall@\d+|precision@1|r_precision|map@r|nmi)$")
+
+
+def _sort_key(key: str) -> tuple:
+    order = ("recall@", "precision@1", "r_precision", "map@r", "nmi")
+    rank = next(i for i, p in enumerate(order) if key.startswith(p))
+    return rank, int(key.split("@")[1]) if key.startswith("recall@") else 0
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """Retrieval metrics as percentages, head and encoder side by side (other keys ignored)."""
+    keys = sorted({k.removeprefix("encoder_") for k in metrics if _METRIC.match(k)}, key=_sort_key)
+    lines = [f"{'metric':<14}{'head':>10}{'encoder':>10}"]
+    for k in keys:
+        cells = [metrics.get(k), metrics.get(f"encoder_{k}")]
+        lines.append(f"{k:<14}" + "".join(f"{100 * v:>9.2f}%" if v is not None else f"{'':>10}" for v in cells))
+    return "\n".join(lines)
+
+
+def _hierarchy_column(ds, wanted: str | None) -> str | None:
+    from datasets import ClassLabel
+
+    if wanted is not None:
+        if wanted not in ds.column_names:
+            raise KeyError(f"--hierarchy_column {wanted!r} not in the dataset columns {ds.column_names}")
+        return wanted
+    extra = [c for c, f in ds.features.items() if isinstance(f, ClassLabel) and c != "label"]
+    return extra[0] if extra else None
+
+
+def _load_model(args: EvalArguments):
+    from .modeling_hvit import HViTModel
+
+    if args.trust_remote_code:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(args.model, trust_remote_code=True)
+    if Path(args.model).exists() and not (Path(args.model) / "config.json").is_file():
+        raise FileNotFoundError(f"--model {args.model}: no config.json there (expected a save_pretrained folder)")
+    return HViTModel.from_pretrained(args.model)
+
+
+def _prepare(model, args: EvalArguments, ds):
+    from .data import dataset_labels
+    from .modeling_hvit import default_image_processor
+    from .transforms import EvalTransform, eval_resize_for, normalization_from_processor, with_image_transform
+
+    processor = getattr(model, "image_processor", None) or default_image_processor(model.config)
+    mean, std = normalization_from_processor(processor)
+    size = args.image_size or getattr(model.config.backbone_config, "image_size", 224)
+    tf = EvalTransform(size, mean, std, resize_size=eval_resize_for(args.dataset, size))
+    if args.max_samples:
+        ds = ds.select(range(min(args.max_samples, len(ds))))
+    return ds, with_image_transform(ds, tf), dataset_labels(ds)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse ``eval_hvit.py`` arguments, evaluate, print the table and write ``metrics.json``."""
+    from transformers import HfArgumentParser
+
+    from .data import build_dataset
+
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(
+        args=list(sys.argv[1:] if argv is None else argv))
+    start = time.perf_counter()
+    dtype, device = resolve_dtype(args.precision), _device(args.device)
+    ks = tuple(int(k) for k in args.recall_ks.split(",")) if args.recall_ks else recall_ks_for(args.dataset)
+    model = _load_model(args)
+    geometry, curvature = model.config.geometry, float(model.config.curvature)
+    dsd = build_dataset(args.dataset, args.data_dir, verify_images=args.verify_images,
+                        skip_bad_images=args.skip_bad_images, split_rule=args.split_rule,
+                        train_fraction=args.train_fraction)
+    if args.split is None and "query" in dsd and "gallery" in dsd:
+        names = ("query", "gallery")
+    else:
+        names = (args.split or "test",)
+    for name in names:
+        if name not in dsd:
+            raise KeyError(f"dataset {args.dataset!r} has no split {name!r} (splits: {list(dsd)})")
+    embedded = {}
+    for name in names:
+        raw, ds, labels = _prepare(model, args, dsd[name])
+        emb, enc, lab = embed_dataset(model, ds, args.batch_size, device, dtype, num_workers=args.num_workers,
+                                      progress=args.progress, desc=f"embedding {name}")
+        if lab.tolist() != list(labels):
+            raise RuntimeError(f"split {name!r}: labels from the transform differ from the dataset's")
+        embedded[name] = (raw, emb, enc, lab)
+    _, emb, enc, lab = embedded[names[0]]
+    gallery = embedded[names[1]][1:] if len(names) == 2 else None
+    include = DEFAULT_METRICS + (("nmi",) if args.nmi else ())
+    metrics: dict[str, Any] = evaluate_embeddings(
+        emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, backend=args.backend,
+        faiss_index=args.faiss_index, block_size=args.block_size, progress=args.progress, seed=args.seed)
+    out_dir = Path(args.output_dir or f"eval-{Path(args.model.rstrip('/')).name}-{args.dataset.replace(':', '_').replace('/', '_')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.plot:
+        print(f"plot: {_plot(args, embedded[names[0]], geometry, curvature, out_dir)}")
+    metrics.update({"dataset": args.dataset, "split": "/".join(names), "model": args.model,
+                    "geometry": geometry, "curvature": curvature, "num_queries": len(lab),
+                    "num_gallery": len(gallery[2]) if gallery is not None else len(lab),
+                    "embedding_dim": int(emb.shape[1]), "wall_seconds": round(time.perf_counter() - start, 2)})
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"\n{args.model} on {args.dataset} ({metrics['split']}, {len(lab)} queries; head: {geometry}"
+          f"{f', c={curvature:g}' if geometry == 'poincare' else ''}; encoder: cosine)\n{format_table(metrics)}")
+    print(f"\nwrote {out_dir / 'metrics.json'}")
+    return metrics
+
+
+def _plot(args: EvalArguments, split: tuple, geometry: str, curvature: float, out_dir: Path) -> Path:
+    from .visualize import plot_poincare_disk
+
+    raw, emb, _, lab = split
+    column = _hierarchy_column(raw, args.hierarchy_column)
+    hierarchy = np.asarray(raw.with_format(None)[column]) if column else None
+    idx = np.arange(len(lab))
+    if len(idx) > args.plot_max_points:
+        idx = np.sort(np.random.default_rng(args.seed).choice(len(idx), args.plot_max_points, replace=False))
+    path = out_dir / "poincare_disk.png"
+    plot_poincare_disk(emb[idx], lab.numpy()[idx], geometry, curvature,
+                       hierarchy=None if hierarchy is None else hierarchy[idx], path=path, seed=args.seed,
+                       title=f"{Path(args.model.rstrip('/')).name} · {args.dataset}")
+    return path
+
+

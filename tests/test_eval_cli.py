@@ -1,0 +1,129 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""eval_hvit.py end to end on a tiny saved model and the built-in demo dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from modeling_hvit.configuration_hvit import HViTConfig  # noqa: E402
+from modeling_hvit.evaluation import evaluate_embeddings, format_table, main  # noqa: E402
+from modeling_hvit.modeling_hvit import HViTModel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 37, "image_size": 32, "patch_size": 8}
+
+
+def _save_tiny(path: Path, geometry: str = "poincare", embedding_dim: int = 16) -> Path:
+    torch.manual_seed(0)
+    HViTModel(HViTConfig(backbone_config=TINY_VIT, embedding_dim=embedding_dim, geometry=geometry,
+                         curvature=0.1)).save_pretrained(path)
+    return path
+
+
+def _oracle_recall1(x: np.ndarray, y: np.ndarray, geometry: str, c: float = 0.1) -> float:
+    """Nearest other item by float64 textbook distance (Poincaré arcosh form, or 1 − cos)."""
+    x = x.astype(np.float64)
+    if geometry == "poincare":
+        sq = ((x[:, None] - x[None]) ** 2).sum(-1)
+        n2 = (x**2).sum(-1)
+        d = np.arccosh(1 + 2 * c * sq / np.outer(1 - c * n2, 1 - c * n2)) / np.sqrt(c)
+    else:
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = 1 - xn @ xn.T
+    np.fill_diagonal(d, np.inf)
+    return float(np.mean(y[d.argmin(1)] == y))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return _save_tiny(tmp_path_factory.mktemp("model") / "tiny-hvit")
+
+
+def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    metrics = main(["--model", str(tiny_model), "--dataset", "demo", "--output_dir", str(out),
+                    "--batch_size", "200", "--progress", "false", "--device", "cpu"])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["recall@1"] == metrics["recall@1"]
+    for key in ("recall@1", "recall@32", "precision@1", "r_precision", "map@r"):
+        assert 0 <= saved[key] <= 1 and 0 <= saved[f"encoder_{key}"] <= 1
+    assert saved["num_queries"] == saved["num_gallery"] == 1280 and saved["split"] == "test"
+    assert saved["geometry"] == "poincare" and saved["embedding_dim"] == 16
+
+    # oracle: embed the demo test split here, straight through the model, and take brute-force R@1
+    from modeling_hvit.data import build_dataset
+    from modeling_hvit.transforms import EvalTransform, normalization_from_processor
+
+    model = HViTModel.from_pretrained(tiny_model).eval()
+    ds = build_dataset("demo")["test"]
+    mean, std = normalization_from_processor(model.image_processor)
+    tf = EvalTransform(32, mean, std)
+    pix = torch.stack([tf(im) for im in ds["image"]])
+    with torch.no_grad():
+        o = model(pixel_values=pix)
+    y = np.asarray(list(ds["label"]))
+    assert saved["recall@1"] == pytest.approx(_oracle_recall1(o.embeddings.numpy(), y, "poincare"), abs=1e-9)
+    assert saved["encoder_recall@1"] == pytest.approx(_oracle_recall1(o.encoder_embeddings.numpy(), y, "sphere"),
+                                                      abs=1e-9)
+
+
+def test_cli_subprocess_with_plot(tmp_path):
+    model = _save_tiny(tmp_path / "tiny2d", embedding_dim=2)  # 2-d: plotted directly, no UMAP
+    out = tmp_path / "eval"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "eval_hvit.py"), "--model", str(model), "--dataset", "demo",
+                           "--output_dir", str(out), "--plot", "--recall_ks", "1,4", "--max_samples", "300",
+                           "--batch_size", "100"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "recall@1" in proc.stdout and "encoder" in proc.stdout and "embedding test" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"recall@1", "recall@4", "encoder_recall@4", "map@r", "wall_seconds"}
+    assert metrics["num_queries"] == 300
+    png = (out / "poincare_disk.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        main(["--model", str(tmp_path), "--dataset", "demo", "--progress", "false"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        main(["--model", str(tmp_path), "--precision", "fp8", "--progress", "false"])
+
+
+def test_query_gallery_and_table():
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(20, 8)) * 0.3, rng.normal(size=(50, 8)) * 0.3
+    ql, gl = rng.integers(0, 5, 20), rng.integers(0, 5, 50)
+    m = evaluate_embeddings(torch.tensor(q), torch.tensor(q), ql, "poincare", 0.1, (1, 10),
+                            gallery=(torch.tensor(g), torch.tensor(g), gl))
+    # oracle: nearest gallery item by float64 Poincaré distance / cosine
+    for geometry, key in (("poincare", "recall@1"), ("sphere", "encoder_recall@1")):
+        if geometry == "poincare":
+            sq = ((q[:, None] - g[None]) ** 2).sum(-1)
+            d = np.arccosh(1 + 2 * 0.1 * sq / np.outer(1 - 0.1 * (q**2).sum(1), 1 - 0.1 * (g**2).sum(1)))
+        else:
+            d = 1 - (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+        assert m[key] == pytest.approx(np.mean(gl[d.argmin(1)] == ql))
+    table = format_table({**m, "curvature": 0.1})
+    assert table.splitlines()[1].startswith("recall@1") and "curvature" not in table
+
+
+@pytest.mark.slow
+def test_cli_umap_plot_for_16d(tiny_model, tmp_path):
+    pytest.importorskip("umap")
+    out = tmp_path / "eval"
+    main(["--model", str(tiny_model), "--dataset", "demo", "--output_dir", str(out), "--plot",
+          "--max_samples", "200", "--progress", "false"])
+    assert (out / "poincare_disk.png").read_bytes()[:4] == b"\x89PNG"
