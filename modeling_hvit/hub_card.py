@@ -243,7 +243,7 @@ def _recipe(config: dict, metrics: dict, train_args: dict, dataset_name: str, ba
                            f"{t.get('warmup_steps', 0)}, gradient clip {t.get('max_grad_norm')}"),
              ("Length", length), ("Frozen", ", ".join(frozen) or "nothing"),
              ("Input", f"{m.get('image_size')} px, {precision}"), ("Seed", f"{t.get('seed')}")]
-    if _number(metrics.get("wall_seconds")):
+    if _number(metrics.get("wall_seconds")) and "untrained" in metrics:  # training.py's metrics.json
         rows.append(("Wall time", f"{metrics['wall_seconds'] / 60:.1f} min (training and evaluation)"))
     return rows
 
@@ -263,7 +263,7 @@ def build_card(folder: Path, repo_id: str | None = None, *, license: str = "apac
     data_args = train_args.get("data") or {}
     name = (repo_id or folder.resolve().name).split("/")[-1]
     key, dataset_name, dataset_type, hub_dataset = _dataset(metrics, data_args)
-    split = str(metrics.get("split") or ("query" if key == "inshop" else "test"))
+    split = str(metrics.get("split") or ("query" if key == "inshop" else "test"))  # eval_hvit.py records it
     if data_args.get("max_eval_samples"):
         split = f"{split}[:{int(data_args['max_eval_samples'])}]"
     final = final_metrics(metrics)
@@ -283,12 +283,12 @@ def build_card(folder: Path, repo_id: str | None = None, *, license: str = "apac
     image = next((p for p in ("poincare_disk.png",) if (folder / p).is_file()), None) or next(
         (p.name for p in sorted(folder.iterdir()) if p.suffix.lower() == ".png"), None)
     untrained = metrics.get("untrained") if isinstance(metrics.get("untrained"), dict) else {}
+    queries = f", {int(metrics['num_queries'])} queries" if _number(metrics.get("num_queries")) else ""
+    gallery = "the gallery split" if "gallery" in split else "all other images of the split (leave-one-out)"
     return ModelCard.from_template(
         card_data, template_path=str(template), model_name=name, repo_ref=repo_id or f"path/to/{name}",
         backbone_text=backbone_text, hidden_size=config.get("backbone_hidden_size"),
         embedding_dim=config.get("embedding_dim"), **_geometry(config),
         metric_rows=_metric_rows(final, untrained), has_untrained=bool(untrained), dataset_name=dataset_name,
-        split_text=f"split `{split}`", gallery_text=("the gallery split" if key == "inshop"
-                                                    else "all other images of the split (leave-one-out)"),
-        image=image, recipe=_recipe(config, metrics, train_args, dataset_name, backbone_text),
-        full_args=_recipe_args(train_args))
+        split_text=f"split `{split}`{queries}", gallery_text=gallery, image=image,
+        recipe=_recipe(config, metrics, train_args, dataset_name, backbone_text), full_args=_recipe_args(train_args))

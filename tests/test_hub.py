@@ -158,6 +158,30 @@ def test_card_base_model_datasets_delta_and_eval_subset(trained, tmp_path):
     assert "base_model" not in _front_matter(str(render_model_card(folder, REPO)))
 
 
+def test_card_from_eval_hvit_metrics(trained, tmp_path):
+    """metrics.json as eval_hvit.py writes it (In-Shop: queries against a gallery, NMI on): every metric
+    evaluate_embeddings returns is published, its run metadata is not."""
+    from modeling_hvit.evaluation import evaluate_embeddings
+
+    folder = _copy(trained, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    q_lab, g_lab = torch.arange(12) % 4, torch.arange(20) % 4
+    ball = lambda n: 0.5 * torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=-1)  # noqa: E731
+    scores = evaluate_embeddings(ball(12), torch.randn(12, 32, generator=g), q_lab, "poincare", 0.1, (1, 10),
+                                 gallery=(ball(20), torch.randn(20, 32, generator=g), g_lab),
+                                 include=("recall", "precision@1", "r_precision", "map@r", "nmi"))
+    metrics = {**scores, "dataset": "inshop", "split": "query/gallery", "model": str(folder), "geometry": "poincare",
+               "curvature": 0.1, "num_queries": 12, "num_gallery": 20, "embedding_dim": 16, "wall_seconds": 1.5}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    text = str(render_model_card(folder, REPO))
+    meta = _front_matter(text)
+    assert set(_index_metrics(meta)) == set(scores) and "encoder_nmi" in scores
+    assert meta["model-index"][0]["results"][0]["dataset"] == {
+        "name": "In-Shop Clothes Retrieval", "type": "inshop", "split": "query/gallery"}
+    assert "12 queries" in text and "against the gallery split" in text
+    assert "Wall time" not in text  # eval_hvit's wall_seconds is not the training time
+
+
 def test_card_without_metrics_or_train_args(trained, tmp_path):
     folder = _copy(trained, tmp_path)
     (folder / "metrics.json").unlink()
@@ -185,6 +209,20 @@ def test_prepare_upload_names_what_is_wrong(trained, tmp_path, breakage, expecte
     folder = _copy(trained, tmp_path)
     breakage(folder)
     with pytest.raises(HubFolderError, match=re.escape(expected)):
+        prepare_upload(folder)
+
+
+def test_prepare_upload_sharded_weights(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"shard")
+    index = {"metadata": {}, "weight_map": {"head.weight": "model-00001-of-00002.safetensors",
+                                            "head.bias": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    shards = {"model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
+    assert set(prepare_upload(folder)) == EXPECTED - {"model.safetensors"} | shards
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(HubFolderError, match="shards that are missing: model-00002-of-00002.safetensors"):
         prepare_upload(folder)
 
 
