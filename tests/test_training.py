@@ -100,3 +100,14 @@ def test_demo_end_to_end(tmp_path):
     model = HViTModel.from_pretrained(tmp_path / "demo")
     assert model.config.geometry == "poincare"
     assert (tmp_path / "demo" / "preprocessor_config.json").exists()
+
+
+def test_curvature_auto_writes_estimate_into_config(tmp_path):
+    """`--curvature auto` on the demo dataset: c = (0.144/δ_rel)² from the encoder features, saved."""
+    main(["--output_dir", str(tmp_path / "auto"), "--curvature", "auto", "--max_steps", "1",
+          "--delta_n", "300", "--delta_draws", "2", "--disable_tqdm", "true", "--max_eval_samples", "200"])
+    cfg = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert 0 < cfg["delta_rel"] < 1
+    assert cfg["curvature"] > 0 and abs(cfg["curvature"] - (0.144 / cfg["delta_rel"]) ** 2) < 1e-6 * cfg["curvature"]
+    summary = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert summary["curvature"] == cfg["curvature"] and summary["delta_rel"] == cfg["delta_rel"]
