@@ -179,6 +179,16 @@ def test_wrong_or_broken_archive(tmp_path):
         build_dataset("cubb", str(tmp_path))
 
 
+def test_extracted_folder_wins_over_its_archive(tmp_path):
+    files, _ = cub_files()
+    root = write_files(tmp_path / "cub", files)
+    (root / "CUB_200_2011.tgz").write_bytes(b"broken, but shadowed by the extracted CUB_200_2011/")
+    ds = build("cub", str(root), tmp_path=tmp_path)
+    assert Path(ds["train"].cast_column("image", datasets.Image(decode=False))[0]["image"]["path"]).is_file()
+    with pytest.raises(ValueError, match="needs data_dir"):
+        build_dataset("cub")
+
+
 # -- Cars ----------------------------------------------------------------------------------------------
 def cars_files(tmp_path, classes=(1, 1, 2, 2, 3, 3, 4, 4, 4), n_names=4):
     from scipy.io import savemat
