@@ -24,7 +24,8 @@ __all__ = ["TEMPLATE_PATH", "HubFolderError", "build_card", "final_metrics", "me
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md.jinja"
 # Numbers in metrics.json that describe the run rather than measure retrieval.
-META_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "split", "seed", "epoch",
+META_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "world_size", "global_step",
+             "split", "seed", "epoch",
              "num_queries", "num_gallery", "embedding_dim", "runtime", "samples_per_second", "steps_per_second"}
 DATASET_NAMES = {"cub": "CUB-200-2011", "cars": "Cars196", "sop": "Stanford Online Products",
                  "inshop": "In-Shop Clothes Retrieval", "omniglot": "Omniglot", "caltech101": "Caltech-101",
@@ -232,12 +233,17 @@ def _recipe(config: dict, metrics: dict, train_args: dict, dataset_name: str, ba
     classes = f" = {bs // spc} classes × {spc} images" if isinstance(bs, int) and isinstance(spc, int) and spc else ""
     length = (f"{t['max_steps']} steps" if isinstance(t.get("max_steps"), int) and t["max_steps"] > 0
               else f"{t.get('num_train_epochs')} epochs")
+    if _number(metrics.get("global_step")):
+        length += f" ({int(metrics['global_step'])} optimiser steps)"
+    world = metrics.get("world_size")
+    world_text = (f"; {int(world)} process{'es' if world != 1 else ''}, global batch {bs * int(world)}"
+                  if _number(world) and isinstance(bs, int) else " (the global batch is this × the number of processes)")
     frozen = ["patch embedding"] if m.get("freeze_patch_embed", config.get("freeze_patch_embed")) else []
     if m.get("freeze_blocks") or config.get("freeze_blocks"):
         frozen.append(f"first {m.get('freeze_blocks') or config.get('freeze_blocks')} blocks")
     precision = "bf16" if t.get("bf16") else "fp16" if t.get("fp16") else "fp32"
     rows += [("Loss", f"pairwise cross-entropy, temperature τ = {tau}, reduction `{t.get('loss_reduction', 'sum')}`"),
-             ("Batch", f"{bs} images per device{classes} (the global batch is this × the number of processes)"),
+             ("Batch", f"{bs} images per device{classes}{world_text}"),
              ("Optimiser", f"`{t.get('optim')}`, learning rate {t.get('learning_rate')}, weight decay "
                            f"{t.get('weight_decay')}, schedule `{t.get('lr_scheduler_type')}`, warm-up "
                            f"{t.get('warmup_steps', 0)}, gradient clip {t.get('max_grad_norm')}"),

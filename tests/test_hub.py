@@ -38,7 +38,8 @@ JUNK = ["training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", 
         "runs/Nov26_18-00-00/events.out.tfevents.1", "notes.txt"]
 EXPECTED = {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py",
             "preprocessor_config.json", "metrics.json", "train_args.json", "poincare_disk.png"}
-RUN_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel"}  # training.py's non-metric keys
+RUN_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "world_size",
+            "global_step"}  # the non-metric keys of training.py's metrics.json
 
 
 def _metrics(rng: np.random.Generator) -> dict:
@@ -50,7 +51,7 @@ def _metrics(rng: np.random.Generator) -> dict:
     final["mystery_score"] = 3.25
     untrained = {k: float(rng.uniform(0.0, 0.3)) for k in final if k != "mystery_score"}
     return {**final, "untrained": untrained, "wall_seconds": 321.5, "dataset": "cub", "curvature": 0.1,
-            "delta_rel": None}
+            "delta_rel": None, "world_size": 2, "global_step": 140}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,8 @@ def test_card_body(trained):
     assert "![" in text and "(poincare_disk.png)" in text
     assert "@inproceedings{ermolov2022hyperbolic" in text and "generated_from_trainer" not in text
     # the recipe actually used, read from train_args.json
-    for fragment in ("learning rate 0.001", "7 epochs", "**Seed**: 5", "8 images per device = 4 classes × 2",
+    for fragment in ("learning rate 0.001", "7 epochs", "**Seed**: 5", "8 images per device = 4 classes × 2 images; 2 processes, global batch 16",
+                     "(140 optimiser steps)",
                      "τ = 0.2", "clip radius r = 2.3", "5.4 min"):
         assert fragment in text, fragment
     assert "/home/someone" not in text  # machine-local paths are not hyperparameters
@@ -412,3 +414,22 @@ def test_pushed_files_load_with_remote_code_and_the_card_code_runs(trained, onli
     oracle = _mobius_distance(out.embeddings[:1], out.embeddings[1:], model.config.curvature)
     torch.testing.assert_close(got["distances"], oracle, rtol=0, atol=1e-6)
     assert got["ranking"].tolist() == oracle.argsort(dim=1).tolist()
+
+
+@pytest.mark.slow
+def test_demo_training_run_pushes_with_our_card(tmp_path, online, hub_calls):
+    """End to end: a 1-epoch demo run of train_hvit.py, then the push. The model-index holds exactly the
+    retrieval metrics of its metrics.json (run metadata the trainer adds must not pass for a metric)."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    script = Path(__file__).resolve().parents[1] / "train_hvit.py"
+    subprocess.run([sys.executable, str(script), "--num_train_epochs", "1", "--output_dir", str(out),
+                    "--disable_tqdm", "true"], check=True, env=env, cwd=tmp_path, timeout=600)
+    assert (out / "training_args.bin").is_file()  # the Trainer's pickle is there, and must stay local
+    push_to_hub(out, REPO, token=FAKE_TOKEN)
+    files = {op.path_in_repo: _uploaded(op) for op in hub_calls["create_commit"][0]["operations"]}
+    assert set(files) == EXPECTED - {"poincare_disk.png"} | {"README.md"}
+    metric = re.compile(r"^(encoder_)?(recall@\d+|precision@1|r_precision|map@r|nmi)$")
+    metrics = json.loads((out / "metrics.json").read_text())
+    published = _index_metrics(_front_matter(files["README.md"].decode()))
+    assert set(published) == {k for k in metrics if metric.match(k)} and "encoder_recall@1" in published
