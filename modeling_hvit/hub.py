@@ -162,6 +162,22 @@ def _check_token_not_in(folder: Path, files: list[str], card_text: str, token: s
                            "remove it from the file(s) first")
 
 
+def check_can_push(repo_id: str, token: str | None = None, api: HfApi | None = None) -> str:
+    """Fail early, without a network call, when a push could not work: an invalid repo id, offline
+    mode, or no token. Returns the token to use (never logged)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubPushError(f"repo id {repo_id!r} is not valid (expected 'org/name' or 'name'): {err}") from None
+    if _offline():
+        raise HubPushError("cannot push to the Hub in offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is "
+                           "set; unset it and run again (`python -m modeling_hvit.hub push <dir> <repo>`)")
+    token = token or getattr(api, "token", None) or get_token()
+    if not token:
+        raise HubPushError(f"no Hugging Face token found to push {repo_id}: {LOGIN_HELP}")
+    return token
+
+
 def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None,
                 commit_message: str = DEFAULT_COMMIT_MESSAGE, api: HfApi | None = None,
                 card: ModelCard | None = None, license: str = "apache-2.0") -> str:
@@ -173,20 +189,11 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     text files are checked not to contain the token. `api` defaults to `HfApi()`; the token is taken
     from `token`, else `api.token`, else `huggingface_hub.get_token()` (login / HF_TOKEN).
     """
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise HubPushError(f"repo id {repo_id!r} is not valid (expected 'org/name' or 'name'): {err}") from None
     folder = Path(folder)
     files = prepare_upload(folder)
     card = card if card is not None else render_model_card(folder, repo_id, license=license)
-    if _offline():
-        raise HubPushError("cannot push to the Hub in offline mode: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is "
-                           "set; unset it and run again (`python -m modeling_hvit.hub push <dir> <repo>`)")
     api = api if api is not None else HfApi()
-    token = token or getattr(api, "token", None) or get_token()
-    if not token:
-        raise HubPushError(f"no Hugging Face token found to push {repo_id}: {LOGIN_HELP}")
+    token = check_can_push(repo_id, token, api)
     card_text = str(card)
     _check_token_not_in(folder, files, card_text, token)
     repo_url = api.create_repo(repo_id, token=token, private=private, exist_ok=True)

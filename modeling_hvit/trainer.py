@@ -4,6 +4,7 @@ the original optimiser settings and retrieval metrics as evaluation."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class HViTTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "No unused parameters."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch' checkpoints."})
+    dataloader_num_workers: int = field(default=min(8, os.cpu_count() or 1), metadata={"help": "Decoding workers."})
 
     def __post_init__(self):
         if self.dataloader_pin_memory and not torch.cuda.is_available():

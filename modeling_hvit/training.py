@@ -43,7 +43,7 @@ DEMO_RECIPE = {
     "dataset": "demo", "backbone": "scratch:tiny", "image_size": 32, "embedding_dim": 32, "freeze_patch_embed": False,
     "output_dir": "outputs/hvit-demo", "learning_rate": 1e-3, "per_device_train_batch_size": 64,
     "samples_per_class": 2, "num_train_epochs": 60, "logging_steps": 20, "eval_strategy": "no",
-    "dataloader_num_workers": 0, "seed": 0, "recall_ks": "1,2,4,8",
+    "dataloader_num_workers": 0, "seed": 0, "recall_ks": "1,2,4,8", "crop_scale_min": 0.6,
 }
 
 
@@ -77,6 +77,7 @@ class DataArguments:
     hierarchy_column: str | None = field(default=None, metadata={"help": "Hub datasets: hierarchy column."})
     hub_config: str | None = field(default=None, metadata={"help": "Hub datasets: config name."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images."})
+    crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound (paper 0.2)."})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, HViTTrainingArguments]:
@@ -118,11 +119,11 @@ def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
     return HViTModel.from_backbone(margs.backbone, **head)
 
 
-def _transforms(model: HViTModel, dataset: str, image_size: int):
+def _transforms(model: HViTModel, dataset: str, image_size: int, crop_scale_min: float = 0.2):
     processor = model.image_processor or default_image_processor(model.config)
     mean, std = normalization_from_processor(processor)
     # the global torch RNG: seeded by set_seed and saved/restored in checkpoints, so resuming reproduces
-    return (TrainTransform(image_size, mean, std),
+    return (TrainTransform(image_size, mean, std, scale=(crop_scale_min, 1.0)),
             EvalTransform(image_size, mean, std, resize_size=eval_resize_for(dataset, image_size)))
 
 
@@ -139,6 +140,15 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     margs, dargs, targs = parse_args(argv)
+    # We push ourselves after the final evaluation, with our model card: the Trainer's own push would
+    # create the repo at construction and replace README.md with its generic card (HF_NOTES §3.6).
+    push_to = None
+    if targs.push_to_hub:
+        from .hub import check_can_push
+
+        push_to = targs.hub_model_id or Path(targs.output_dir).name
+        check_can_push(push_to, targs.hub_token)  # before hours of training, not after
+        targs.push_to_hub = False
     set_seed(targs.seed)
     start = time.perf_counter()
     dsd = build_dataset(dargs.dataset, dargs.data_dir, verify_images=dargs.verify_images,
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     auto = margs.curvature.strip().lower() == "auto"
     model = build_model(margs, 0.1 if auto else float(margs.curvature))
-    train_tf, eval_tf = _transforms(model, dargs.dataset, margs.image_size)
+    train_tf, eval_tf = _transforms(model, dargs.dataset, margs.image_size, dargs.crop_scale_min)
     train_set, eval_set = with_image_transform(train_ds, train_tf), with_image_transform(eval_ds, eval_tf)
     ks = targs.ks or recall_ks_for(dargs.dataset)
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
@@ -176,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         Path(targs.output_dir, "train_args.json").write_text(json.dumps(
             {"model": asdict(margs), "data": asdict(dargs), "training": targs.to_dict()}, indent=2, default=str))
         _print_table(results)
+        if push_to:
+            from .hub import push_to_hub
+
+            print(f"Pushed to {push_to_hub(targs.output_dir, push_to, private=targs.hub_private_repo, token=targs.hub_token)}")
         print(f"\nSaved to {targs.output_dir} in {summary['wall_seconds']:.0f} s. Load it with:\n"
               f"    import modeling_hvit; from transformers import AutoModel\n"
               f"    model = AutoModel.from_pretrained({str(targs.output_dir)!r})\n"

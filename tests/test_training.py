@@ -111,3 +111,33 @@ def test_curvature_auto_writes_estimate_into_config(tmp_path):
     assert cfg["curvature"] > 0 and abs(cfg["curvature"] - (0.144 / cfg["delta_rel"]) ** 2) < 1e-6 * cfg["curvature"]
     summary = json.loads((tmp_path / "auto" / "metrics.json").read_text())
     assert summary["curvature"] == cfg["curvature"] and summary["delta_rel"] == cfg["delta_rel"]
+
+
+def test_push_to_hub_fails_before_training_when_offline(tmp_path, monkeypatch):
+    from modeling_hvit.hub import HubPushError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubPushError, match="offline"):
+        main(["--output_dir", str(tmp_path / "o"), "--push_to_hub", "true", "--hub_model_id", "org/x"])
+    assert not (tmp_path / "o").exists()  # nothing was trained
+
+
+def test_push_to_hub_uploads_our_card_after_training(tmp_path, monkeypatch):
+    from unittest import mock
+
+    from huggingface_hub import HfApi, RepoUrl
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    commits = []
+    with mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/org/x")), \
+         mock.patch.object(HfApi, "create_commit", side_effect=lambda *a, **k: commits.append(k)):
+        main(["--output_dir", str(tmp_path / "o"), "--push_to_hub", "true", "--hub_model_id", "org/x",
+              "--hub_token", "hf_test_token_0000", "--max_steps", "1", "--max_eval_samples", "64",
+              "--disable_tqdm", "true"])
+    (commit,) = commits
+    names = {op.path_in_repo for op in commit["operations"]}
+    assert {"README.md", "model.safetensors", "config.json", "modeling_hvit.py", "metrics.json"} <= names
+    assert not {"training_args.bin"} & names
+    card = next(op for op in commit["operations"] if op.path_in_repo == "README.md").path_or_fileobj.decode()
+    assert "pipeline_tag: image-feature-extraction" in card and "generated_from_trainer" not in card
