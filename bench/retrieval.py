@@ -108,9 +108,11 @@ def spawn(variant: str, n: int, timeout: float) -> dict:
     try:
         proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--n", str(n)],
                               capture_output=True, text=True, check=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as err:
+        note = (f"timed out after {timeout:.0f} s" if isinstance(err, subprocess.TimeoutExpired)
+                else "failed: " + (err.stderr or "").strip().splitlines()[-1])
         return {"variant": variant, "n": n, "wall_s": float("inf"), "cpu_s": float("nan"),
-                "maxrss_mb": float("nan"), "metrics": {}, "note": f"timed out after {timeout:.0f} s"}
+                "maxrss_mb": float("nan"), "metrics": {}, "note": note}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

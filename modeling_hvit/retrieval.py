@@ -152,10 +152,15 @@ def _block_scores(qf: torch.Tensor, q_index: torch.Tensor, gf: torch.Tensor, g_b
 
 def _best_positive(s: torch.Tensor, same: torch.Tensor, g0: int,
                    best: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running (score, index) of each row's closest same-class column; ties → lower index."""
-    pos = s.masked_fill(~same, -torch.inf)
-    t = pos.max(1).values
-    j = (pos == t[:, None]).to(torch.uint8).argmax(1) + g0  # first (lowest) column at the max
+    """Running (score, index) of each row's closest same-class column; ties → lower index.
+    Works on the (few) same-class entries only, not on masked copies of the rows."""
+    rr, cc = torch.nonzero(same, as_tuple=True)
+    vals = s[rr, cc]
+    t = torch.full((s.shape[0],), -torch.inf, dtype=s.dtype, device=s.device)
+    t = t.scatter_reduce(0, rr, vals, "amax")
+    at_max = vals == t[rr]
+    j = torch.full((s.shape[0],), s.shape[1], dtype=torch.int64, device=s.device)
+    j = j.scatter_reduce(0, rr[at_max], cc[at_max], "amin") + g0
     if best is None:
         return t, j
     better = t > best[0]  # equal scores keep the earlier (lower-index) block's item
@@ -163,10 +168,15 @@ def _best_positive(s: torch.Tensor, same: torch.Tensor, g0: int,
 
 
 def _count_before(s: torch.Tensor, t: torch.Tensor, j: torch.Tensor, g0: int) -> torch.Tensor:
-    """Columns ranked before item j of score t: higher score, or equal score and lower index."""
-    cols = torch.arange(g0, g0 + s.shape[1], device=s.device)
-    before = (s > t[:, None]) | ((s == t[:, None]) & (cols[None, :] < j[:, None]))
-    return before.view(torch.uint8).sum(1, dtype=torch.int64)
+    """Columns ranked before item j of score t: higher score, or equal score and lower index.
+    (Bool sums with an int32 accumulator: 4x faster than the default int64 on CPU.)"""
+    count = (s > t[:, None]).sum(1, dtype=torch.int32).to(torch.int64)
+    eq = s == t[:, None]
+    tied = torch.nonzero(eq.sum(1, dtype=torch.int32) > ((j >= g0) & (j < g0 + s.shape[1])).int()).flatten()
+    if len(tied):  # rare: other items score exactly the same as the best positive
+        cols = torch.arange(g0, g0 + s.shape[1], device=s.device)
+        count[tied] += (eq[tied] & (cols[None, :] < j[tied, None])).sum(1)
+    return count
 
 
 def _first_positive_rank(qf: torch.Tensor, q_index: torch.Tensor, q_lab: torch.Tensor, gf: torch.Tensor,
@@ -244,7 +254,7 @@ def _faiss_index(dim: int, metric: int, index: str, n_gallery: int, nlist: int |
 
 
 def _faiss(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, curvature: float,
-           exclude_self: bool, block_size: int, index: str, nprobe: int, nlist: int | None,
+           exclude_self: bool, block_size: int, index: str, nprobe: int | None, nlist: int | None,
            hnsw_m: int, ef_search: int, refine: int,
            bar) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """FAISS search. Exact (``flat``): an inner-product index on the Lorentz lift (L2 for euclidean,
@@ -270,7 +280,8 @@ def _faiss(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, cu
         ix = _faiss_index(gf.shape[1], metric, index, n_g, nlist, hnsw_m)
         if index == "ivf":
             ix.train(gf.numpy())
-            ix.nprobe = nprobe
+            # default: enough lists to expect about twice the candidates needed (k = 1000 needs many)
+            ix.nprobe = min(ix.nlist, nprobe or max(16, math.ceil(2 * n_cand * ix.nlist / n_g)))
         if index == "hnsw":
             ix.hnsw.efSearch = max(ef_search, n_cand)
         ix.add(gf.numpy())
@@ -305,7 +316,8 @@ def _faiss(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, cu
 
 def _search(query: Any, gallery: Any | None, k: int, geometry: str, curvature: float, *,
             exclude_self: bool | None = None, block_size: int = 1024, gallery_block_size: int = 65536,
-            exact: bool = False, backend: str = "blocked", faiss_index: str = "flat", nprobe: int = 16,
+            exact: bool = False, backend: str = "blocked", faiss_index: str = "flat",
+            nprobe: int | None = None,
             nlist: int | None = None, hnsw_m: int = 32, ef_search: int = 128, refine: int = 4,
             device: torch.device | str | None = None, progress: bool = False,
             labels: tuple[Any, Any] | None = None):
@@ -362,7 +374,8 @@ def iter_knn(query: Any, gallery: Any | None = None, k: int = 10, geometry: str 
     Keyword arguments: ``exclude_self``, ``block_size`` (queries per block, default 1024),
     ``gallery_block_size`` (65536), ``exact`` (float64 scores), ``device``, ``progress`` (tqdm), and
     ``backend="faiss"``: an inner-product index on the Lorentz lift (``faiss_index``: ``flat`` exact,
-    ``ivf``/``hnsw`` approximate; ``nprobe``/``nlist`` for IVF, ``hnsw_m``/``ef_search`` for HNSW, and
+    ``ivf``/``hnsw`` approximate; ``nprobe`` (default: enough lists for about 2× the candidates) and
+    ``nlist`` (default 4√n) for IVF, ``hnsw_m``/``ef_search`` for HNSW, and
     for poincare ``refine`` · k candidates re-ranked exactly).
     """
     for q0, sim, idx, _ in _search(query, gallery, k, geometry, curvature, **kwargs):

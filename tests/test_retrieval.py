@@ -146,13 +146,15 @@ def test_first_hit_rank_at_any_depth(geometry, gallery_block_size, self_mode):
 
 @pytest.mark.parametrize("gallery_block_size", [65536, 5, 3])
 def test_first_hit_rank_with_tied_positives_across_blocks(gallery_block_size):
-    # query 0 at the origin; closer negatives; two positives tied at distance 2 (indices 7 and 13)
+    # query 0 at the origin; five closer negatives; a negative (5) and two positives (7, 13) tied at
+    # distance 2: the first hit is 7, ranked after the lower-index tie 5
     xs = [0, 1, -1, 1, -1, 1, -1, 2, 3, 3, 3, 3, 3, -2]
     pts = torch.tensor([[v, 0.0] for v in xs], dtype=torch.float64)
+    pts[5] = torch.tensor([0.0, 2.0])
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 7, 8, 9, 10, 11, 0])
     *_, first = next(iter_knn_first_hit(pts[:1], labels[:1], pts, labels, k=1, geometry="euclidean",
                                         exclude_self=True, gallery_block_size=gallery_block_size))
-    assert first.tolist() == [6]  # six closer negatives, then index 7 (the lower of the tie)
+    assert first.tolist() == [6]  # 1, 2, 3, 4, 6 closer, 5 tied with a lower index, then 7
     for *_, first in iter_knn_first_hit(pts, labels, k=1, geometry="euclidean", block_size=4,
                                         gallery_block_size=gallery_block_size, exact=True):
         pass
