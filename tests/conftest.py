@@ -1,6 +1,7 @@
 """Test-wide settings: offline Hub, a private HF cache, and the real-data locator."""
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,20 @@ def real_data(*parts: str) -> Path:
             pytest.fail(f"real data missing under CI: {path}")
         pytest.skip(f"real data not available: {path}")
     return path
+
+
+# Prepended to scripts run in a fresh interpreter that must behave as if hvit were not installed
+# (the package is installed in editable mode here): remote-code loading is then the only way in.
+BLOCK_HVIT_IMPORT = textwrap.dedent("""
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):  # this process cannot import the installed package
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "modeling_hvit":
+                raise ImportError("modeling_hvit is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    try:
+        import modeling_hvit
+        raise SystemExit("modeling_hvit should not be importable here")
+    except ImportError:
+        pass
+""")

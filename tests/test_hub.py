@@ -27,6 +27,7 @@ from modeling_hvit import HViTConfig, HViTModel
 from modeling_hvit.hub import HubFolderError, HubPushError, main, prepare_upload, push_to_hub, render_model_card
 from modeling_hvit.trainer import HViTTrainingArguments
 from modeling_hvit.training import DataArguments, ModelArguments
+from conftest import BLOCK_HVIT_IMPORT
 
 FAKE_TOKEN = "hf_FAKEtokenDoNotLeak0123456789abcdef"
 REPO = "org/hvit-tiny"
@@ -349,18 +350,7 @@ def test_cli_card_writes_the_rendered_card(trained, tmp_path):
 
 
 # -- what was pushed loads without hvit ---------------------------------------------------------------
-USAGE_SCRIPT = textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):  # this process cannot import the installed package
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeling_hvit":
-                raise ImportError("modeling_hvit is blocked in this process")
-    sys.meta_path.insert(0, Block())
-    try:
-        import modeling_hvit
-        raise SystemExit("modeling_hvit should not be importable here")
-    except ImportError:
-        pass
+USAGE_SCRIPT = BLOCK_HVIT_IMPORT + textwrap.dedent("""
     import torch
     namespace = {}
     for snippet in sys.argv[2:]:  # the card's own code blocks, run as a user would

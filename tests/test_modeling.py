@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModel, ViTConfig, ViTModel, pipeline
 
 from modeling_hvit import HViTConfig, HViTModel
 from modeling_hvit.hyperbolic import clip_features, expmap0
+from conftest import BLOCK_HVIT_IMPORT
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
         "image_size": 32, "patch_size": 8}
@@ -182,18 +183,7 @@ def test_pipeline_returns_embeddings(tmp_path):
     torch.testing.assert_close(torch.from_numpy(out).float(), model(**inputs).embeddings, atol=1e-5, rtol=1e-5)
 
 
-REMOTE_SCRIPT = textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):  # this process cannot import the installed package
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "modeling_hvit":
-                raise ImportError("modeling_hvit is blocked in this process")
-    sys.meta_path.insert(0, Block())
-    try:
-        import modeling_hvit
-        raise SystemExit("modeling_hvit should not be importable here")
-    except ImportError:
-        pass
+REMOTE_SCRIPT = BLOCK_HVIT_IMPORT + textwrap.dedent("""
     import torch
     from transformers import AutoModel
     model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
