@@ -60,6 +60,9 @@ class EvalArguments:
     skip_bad_images: bool = field(default=False, metadata={"help": "Skip unreadable images (counted)."})
     train_fraction: float = field(default=0.5, metadata={"help": "Class fraction for train (class-order splits)."})
     split_rule: str = field(default="half", metadata={"help": "Split rule for folder/hub datasets."})
+    image_column: str = field(default="image", metadata={"help": "Hub datasets: image column."})
+    label_column: str = field(default="label", metadata={"help": "Hub datasets: label column."})
+    hub_config: str | None = field(default=None, metadata={"help": "Hub datasets: config name."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code instead of this package."})
     seed: int = field(default=0, metadata={"help": "Seed for the plot subset, UMAP and k-means."})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bars."})
@@ -198,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     geometry, curvature = model.config.geometry, float(model.config.curvature)
     dsd = build_dataset(args.dataset, args.data_dir, verify_images=args.verify_images,
                         skip_bad_images=args.skip_bad_images, split_rule=args.split_rule,
-                        train_fraction=args.train_fraction)
+                        train_fraction=args.train_fraction, image_column=args.image_column,
+                        label_column=args.label_column, hierarchy_column=args.hierarchy_column,
+                        hub_config=args.hub_config)
     if args.split is None and "query" in dsd and "gallery" in dsd:
         names = ("query", "gallery")
     else:
@@ -220,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = evaluate_embeddings(
         emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, backend=args.backend,
         faiss_index=args.faiss_index, block_size=args.block_size, progress=args.progress, seed=args.seed)
-    out_dir = Path(args.output_dir or f"eval-{Path(args.model.rstrip('/')).name}-{args.dataset.replace(':', '_').replace('/', '_')}")
+    safe_name = re.sub(r"[^\w.-]", "_", args.dataset)
+    default_dir = f"eval-{Path(args.model.rstrip('/')).name}-{safe_name}"
+    out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.plot:
         print(f"plot: {_plot(args, embedded[names[0]], geometry, curvature, out_dir)}")

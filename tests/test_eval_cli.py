@@ -79,6 +79,7 @@ def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, mon
                                                       abs=1e-9)
 
 
+@pytest.mark.slow  # a fresh interpreter imports transformers and datasets (~10 s of CPU)
 def test_cli_subprocess_with_plot(tmp_path):
     model = _save_tiny(tmp_path / "tiny2d", embedding_dim=2)  # 2-d: plotted directly, no UMAP
     out = tmp_path / "eval"
