@@ -55,39 +55,23 @@ def save_features(features: torch.Tensor, path: str | os.PathLike) -> None:
         raise ValueError(f"--save_features {path}: expected a .npy or .pt file name")
 
 
-def encoder_features(model: torch.nn.Module, dataset, *, batch_size: int = 64, device: str | torch.device = "cpu",
-                     num_workers: int = 0, progress: bool = False) -> torch.Tensor:
-    """(N, D) float32 ``.encoder_embeddings`` of a dataset whose items hold ``pixel_values``."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    model = model.eval().to(device)
-    out = []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
-            out.append(model(pixel_values=batch["pixel_values"].to(device)).encoder_embeddings.float().cpu())
-    return torch.cat(out)
-
-
 def model_features(model_name: str, dataset: str, data_dir: str | None = None, *, split: str = "train",
                    batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0,
                    progress: bool = False) -> torch.Tensor:
-    """Encoder features of ``split`` of a named dataset (``data.build_dataset``) under an HViT model."""
+    """Encoder features (N, D) of ``split`` of a named dataset (``data.build_dataset``) under an HViT model,
+    through the evaluation transform and ``evaluation.embed_dataset``."""
     from .data import build_dataset
+    from .evaluation import embed_dataset
     from .modeling_hvit import HViTModel
-    from .transforms import EvalTransform, eval_resize_for, normalization_from_processor, with_image_transform
+    from .transforms import transforms_for_model, with_image_transform
 
     model = HViTModel.from_pretrained(model_name)
     dsd = build_dataset(dataset, data_dir)
     if split not in dsd:
         raise ValueError(f"dataset {dataset!r} has no split {split!r} (splits: {list(dsd)})")
-    size = getattr(model.config.backbone_config, "image_size", 224)
-    mean, std = normalization_from_processor(getattr(model, "image_processor", None))
-    transform = EvalTransform(size, mean, std, resize_size=eval_resize_for(dataset, size))
-    ds = with_image_transform(dsd[split], transform)
-    return encoder_features(model, ds, batch_size=batch_size, device=device, num_workers=num_workers,
-                            progress=progress)
+    ds = with_image_transform(dsd[split], transforms_for_model(model, dataset)[1])
+    return embed_dataset(model, ds, batch_size, device, num_workers=num_workers, progress=progress,
+                         desc=f"embedding {split}")[1]
 
 
 def build_parser() -> argparse.ArgumentParser:

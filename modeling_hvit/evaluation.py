@@ -34,9 +34,6 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 @dataclass
 class EvalArguments:
     model: str = field(metadata={"help": "Trained model: a local directory or a Hub id."})
-    dataset: str = field(default="demo", metadata={"help": "cub, cars, sop, inshop, omniglot, caltech101, "
-                         "folder, demo or hub:<org/name> (as for training)."})
-    data_dir: str | None = field(default=None, metadata={"help": "Extracted folder or official archive."})
     split: str | None = field(default=None, metadata={"help": "Split to score; default test (or query/gallery)."})
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json (and the plot) go; "
                                    "default ./eval-<model name>-<dataset>."})
@@ -54,15 +51,6 @@ class EvalArguments:
     max_samples: int | None = field(default=None, metadata={"help": "Score only the first N images per split."})
     plot: bool = field(default=False, metadata={"help": "Write poincare_disk.png (needs the viz extra)."})
     plot_max_points: int = field(default=5000, metadata={"help": "Random subset size for the plot."})
-    hierarchy_column: str | None = field(default=None, metadata={"help": "Second colouring of the plot; "
-                                         "default the dataset's extra ClassLabel column if any."})
-    verify_images: bool = field(default=True, metadata={"help": "Open every image once while building."})
-    skip_bad_images: bool = field(default=False, metadata={"help": "Skip unreadable images (counted)."})
-    train_fraction: float = field(default=0.5, metadata={"help": "Class fraction for train (class-order splits)."})
-    split_rule: str = field(default="half", metadata={"help": "Split rule for folder/hub datasets."})
-    image_column: str = field(default="image", metadata={"help": "Hub datasets: image column."})
-    label_column: str = field(default="label", metadata={"help": "Hub datasets: label column."})
-    hub_config: str | None = field(default=None, metadata={"help": "Hub datasets: config name."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code instead of this package."})
     seed: int = field(default=0, metadata={"help": "Seed for the plot subset, UMAP and k-means."})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bars."})
@@ -172,15 +160,11 @@ def _load_model(args: EvalArguments):
     return HViTModel.from_pretrained(args.model)
 
 
-def _prepare(model, args: EvalArguments, ds):
+def _prepare(model, args: EvalArguments, dataset: str, ds):
     from .data import dataset_labels
-    from .modeling_hvit import default_image_processor
-    from .transforms import EvalTransform, eval_resize_for, normalization_from_processor, with_image_transform
+    from .transforms import transforms_for_model, with_image_transform
 
-    processor = getattr(model, "image_processor", None) or default_image_processor(model.config)
-    mean, std = normalization_from_processor(processor)
-    size = args.image_size or getattr(model.config.backbone_config, "image_size", 224)
-    tf = EvalTransform(size, mean, std, resize_size=eval_resize_for(args.dataset, size))
+    _, tf = transforms_for_model(model, dataset, args.image_size)
     if args.max_samples:
         ds = ds.select(range(min(args.max_samples, len(ds))))
     return ds, with_image_transform(ds, tf), dataset_labels(ds)
@@ -190,30 +174,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``eval_hvit.py`` arguments, evaluate, print the table and write ``metrics.json``."""
     from transformers import HfArgumentParser
 
-    from .data import build_dataset
+    from .data import DataArguments
 
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(
+    args, dargs = HfArgumentParser((EvalArguments, DataArguments)).parse_args_into_dataclasses(
         args=list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
     dtype, device = resolve_dtype(args.precision), _device(args.device)
-    ks = tuple(int(k) for k in args.recall_ks.split(",")) if args.recall_ks else recall_ks_for(args.dataset)
+    ks = tuple(int(k) for k in args.recall_ks.split(",")) if args.recall_ks else recall_ks_for(dargs.dataset)
     model = _load_model(args)
     geometry, curvature = model.config.geometry, float(model.config.curvature)
-    dsd = build_dataset(args.dataset, args.data_dir, verify_images=args.verify_images,
-                        skip_bad_images=args.skip_bad_images, split_rule=args.split_rule,
-                        train_fraction=args.train_fraction, image_column=args.image_column,
-                        label_column=args.label_column, hierarchy_column=args.hierarchy_column,
-                        hub_config=args.hub_config)
+    dsd = dargs.build()
     if args.split is None and "query" in dsd and "gallery" in dsd:
         names = ("query", "gallery")
     else:
         names = (args.split or "test",)
     for name in names:
         if name not in dsd:
-            raise KeyError(f"dataset {args.dataset!r} has no split {name!r} (splits: {list(dsd)})")
+            raise KeyError(f"dataset {dargs.dataset!r} has no split {name!r} (splits: {list(dsd)})")
     embedded = {}
     for name in names:
-        raw, ds, labels = _prepare(model, args, dsd[name])
+        raw, ds, labels = _prepare(model, args, dargs.dataset, dsd[name])
         emb, enc, lab = embed_dataset(model, ds, args.batch_size, device, dtype, num_workers=args.num_workers,
                                       progress=args.progress, desc=f"embedding {name}")
         if lab.tolist() != list(labels):
@@ -225,28 +205,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = evaluate_embeddings(
         emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, backend=args.backend,
         faiss_index=args.faiss_index, block_size=args.block_size, progress=args.progress, seed=args.seed)
-    safe_name = re.sub(r"[^\w.-]", "_", args.dataset)
+    safe_name = re.sub(r"[^\w.-]", "_", dargs.dataset)
     default_dir = f"eval-{Path(args.model.rstrip('/')).name}-{safe_name}"
     out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.plot:
-        print(f"plot: {_plot(args, embedded[names[0]], geometry, curvature, out_dir)}")
-    metrics.update({"dataset": args.dataset, "split": "/".join(names), "model": args.model,
+        print(f"plot: {_plot(args, dargs, embedded[names[0]], geometry, curvature, out_dir)}")
+    metrics.update({"dataset": dargs.dataset, "split": "/".join(names), "model": args.model,
                     "geometry": geometry, "curvature": curvature, "num_queries": len(lab),
                     "num_gallery": len(gallery[2]) if gallery is not None else len(lab),
                     "embedding_dim": int(emb.shape[1]), "wall_seconds": round(time.perf_counter() - start, 2)})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"\n{args.model} on {args.dataset} ({metrics['split']}, {len(lab)} queries; head: {geometry}"
+    print(f"\n{args.model} on {dargs.dataset} ({metrics['split']}, {len(lab)} queries; head: {geometry}"
           f"{f', c={curvature:g}' if geometry == 'poincare' else ''}; encoder: cosine)\n{format_table(metrics)}")
     print(f"\nwrote {out_dir / 'metrics.json'}")
     return metrics
 
 
-def _plot(args: EvalArguments, split: tuple, geometry: str, curvature: float, out_dir: Path) -> Path:
+def _plot(args: EvalArguments, dargs, split: tuple, geometry: str, curvature: float, out_dir: Path) -> Path:
     from .visualize import plot_poincare_disk
 
     raw, emb, _, lab = split
-    column = _hierarchy_column(raw, args.hierarchy_column)
+    column = _hierarchy_column(raw, dargs.hierarchy_column)
     hierarchy = np.asarray(raw.with_format(None)[column]) if column else None
     idx = np.arange(len(lab))
     if len(idx) > args.plot_max_points:
@@ -254,7 +234,7 @@ def _plot(args: EvalArguments, split: tuple, geometry: str, curvature: float, ou
     path = out_dir / "poincare_disk.png"
     plot_poincare_disk(emb[idx], lab.numpy()[idx], geometry, curvature,
                        hierarchy=None if hierarchy is None else hierarchy[idx], path=path, seed=args.seed,
-                       title=f"{Path(args.model.rstrip('/')).name} · {args.dataset}")
+                       title=f"{Path(args.model.rstrip('/')).name} · {dargs.dataset}")
     return path
 
 

@@ -15,7 +15,8 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
-from .metrics import DEFAULT_RECALL_KS, retrieval_metrics
+from .evaluation import evaluate_embeddings
+from .metrics import DEFAULT_RECALL_KS
 from .sampling import ClassPairSampler
 
 __all__ = ["HViTTrainer", "HViTTrainingArguments", "make_compute_metrics"]
@@ -58,15 +59,18 @@ class HViTTrainingArguments(TrainingArguments):
 
 def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | None = None):
     """`compute_metrics` for the Trainer: Recall@K, P@1, R-Precision, MAP@R of the head embeddings
-    (in their geometry) and of the encoder features (cosine, keys prefixed ``encoder_``)."""
+    (in their geometry) and of the encoder features (cosine, keys prefixed ``encoder_``), through
+    `evaluation.evaluate_embeddings`. With ``gallery`` (a second `EvalPrediction`), queries are
+    scored against it (In-Shop); otherwise every item against all the others."""
 
-    def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
-        emb, enc = pred.predictions
+    def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None) -> dict[str, float]:
+        emb, enc = (torch.as_tensor(np.asarray(a)) for a in pred.predictions)
         labels = np.asarray(pred.label_ids)
         ks_ = tuple(k for k in (ks or DEFAULT_RECALL_KS) if k < len(labels)) or (1,)
-        out = retrieval_metrics(torch.from_numpy(np.asarray(emb)), labels, geometry, curvature, ks_)
-        enc_out = retrieval_metrics(torch.from_numpy(np.asarray(enc)), labels, "sphere", ks=ks_)
-        return {**out, **{f"encoder_{k}": v for k, v in enc_out.items()}}
+        ref = None
+        if gallery is not None:
+            ref = (*(torch.as_tensor(np.asarray(a)) for a in gallery.predictions), np.asarray(gallery.label_ids))
+        return evaluate_embeddings(emb, enc, labels, geometry, curvature, ks_, gallery=ref)
 
     return compute_metrics
 
@@ -86,8 +90,9 @@ class HViTTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by GA steps
 
     def __init__(self, *args, train_labels: Sequence[int] | None = None,
-                 loss_fn: PairwiseCrossEntropyLoss | None = None, **kwargs):
+                 loss_fn: PairwiseCrossEntropyLoss | None = None, gallery_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.gallery_dataset = gallery_dataset
         model_config = self.accelerator.unwrap_model(self.model).config
         self.loss_fn = loss_fn or PairwiseCrossEntropyLoss(
             model_config.geometry, getattr(self.args, "temperature", None), model_config.curvature,
@@ -123,6 +128,22 @@ class HViTTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             out = model(pixel_values=inputs["pixel_values"])
         return None, (out.embeddings.float(), out.encoder_embeddings.float()), labels
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """As `Trainer.evaluate`; with a `gallery_dataset`, the eval split is the query set scored
+        against the gallery (both embedded through the distributed prediction loop)."""
+        if self.gallery_dataset is None or self.compute_metrics is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        compute, self.compute_metrics = self.compute_metrics, None
+        try:
+            queries = self.predict(eval_dataset if eval_dataset is not None else self.eval_dataset)
+            gallery = self.predict(self.gallery_dataset)
+        finally:
+            self.compute_metrics = compute
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in compute(queries, gallery).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Weights through `from_pretrained`, which maps the legacy on-disk ViT key names back to the

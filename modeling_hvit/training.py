@@ -22,11 +22,11 @@ from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
 from .configuration_hvit import HViTConfig
-from .data import build_dataset, dataset_labels
+from .data import DataArguments, dataset_labels
 from .metrics import recall_ks_for
-from .modeling_hvit import HViTModel, default_image_processor
+from .modeling_hvit import HViTModel
 from .trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
-from .transforms import EvalTransform, TrainTransform, eval_resize_for, normalization_from_processor, with_image_transform
+from .transforms import transforms_for_model, with_image_transform
 
 logger = logging.get_logger(__name__)
 
@@ -64,23 +64,12 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(default="demo", metadata={"help": "cub, cars, sop, inshop, omniglot, caltech101, folder, "
-                         "demo or hub:<org/name>."})
-    data_dir: str | None = field(default=None, metadata={"help": "Extracted folder or official archive."})
-    verify_images: bool = field(default=True, metadata={"help": "Open every image once while building."})
-    skip_bad_images: bool = field(default=False, metadata={"help": "Skip unreadable images (counted) instead of failing."})
-    train_fraction: float = field(default=0.5, metadata={"help": "Class fraction for train (class-order splits)."})
-    split_rule: str = field(default="half", metadata={"help": "Class-disjoint split rule for folder/hub datasets."})
-    image_column: str = field(default="image", metadata={"help": "Hub datasets: image column."})
-    label_column: str = field(default="label", metadata={"help": "Hub datasets: label column."})
-    hierarchy_column: str | None = field(default=None, metadata={"help": "Hub datasets: hierarchy column."})
-    hub_config: str | None = field(default=None, metadata={"help": "Hub datasets: config name."})
+class TrainDataArguments(DataArguments):
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images."})
     crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound (paper 0.2)."})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, HViTTrainingArguments]:
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainDataArguments, HViTTrainingArguments]:
     """Recipe (`--config`, else the demo) as defaults, command-line flags on top."""
     argv = sys.argv[1:] if argv is None else list(argv)
     recipe = dict(DEMO_RECIPE)
@@ -95,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         recipe = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
         if not isinstance(recipe, dict):
             raise SystemExit(f"--config {path}: expected a mapping of argument names to values")
-    parser = HfArgumentParser((ModelArguments, DataArguments, HViTTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, TrainDataArguments, HViTTrainingArguments))
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(recipe) - known)
     if unknown:
@@ -117,14 +106,6 @@ def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
         backbone = {**SCRATCH_BACKBONES[name], "image_size": margs.image_size}
         return HViTModel(HViTConfig(backbone_config=backbone, **head))
     return HViTModel.from_backbone(margs.backbone, **head)
-
-
-def _transforms(model: HViTModel, dataset: str, image_size: int, crop_scale_min: float = 0.2):
-    processor = model.image_processor or default_image_processor(model.config)
-    mean, std = normalization_from_processor(processor)
-    # the global torch RNG: seeded by set_seed and saved/restored in checkpoints, so resuming reproduces
-    return (TrainTransform(image_size, mean, std, scale=(crop_scale_min, 1.0)),
-            EvalTransform(image_size, mean, std, resize_size=eval_resize_for(dataset, image_size)))
 
 
 def _print_table(rows: dict[str, dict[str, float]]) -> None:
@@ -151,24 +132,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         targs.push_to_hub = False
     set_seed(targs.seed)
     start = time.perf_counter()
-    dsd = build_dataset(dargs.dataset, dargs.data_dir, verify_images=dargs.verify_images,
-                        skip_bad_images=dargs.skip_bad_images, split_rule=dargs.split_rule,
-                        train_fraction=dargs.train_fraction, image_column=dargs.image_column,
-                        label_column=dargs.label_column, hierarchy_column=dargs.hierarchy_column,
-                        hub_config=dargs.hub_config)
+    dsd = dargs.build()
     eval_split = "test" if "test" in dsd else "query"
     train_ds, eval_ds = dsd["train"], dsd[eval_split]
+    gallery_ds = dsd["gallery"] if eval_split == "query" and "gallery" in dsd else None  # In-Shop
     if dargs.max_eval_samples:
         eval_ds = eval_ds.select(range(min(dargs.max_eval_samples, len(eval_ds))))
     train_labels = dataset_labels(train_ds)
 
     auto = margs.curvature.strip().lower() == "auto"
     model = build_model(margs, 0.1 if auto else float(margs.curvature))
-    train_tf, eval_tf = _transforms(model, dargs.dataset, margs.image_size, dargs.crop_scale_min)
+    train_tf, eval_tf = transforms_for_model(model, dargs.dataset, margs.image_size, dargs.crop_scale_min)
     train_set, eval_set = with_image_transform(train_ds, train_tf), with_image_transform(eval_ds, eval_tf)
     ks = targs.ks or recall_ks_for(dargs.dataset)
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
                           train_labels=train_labels,
+                          gallery_dataset=with_image_transform(gallery_ds, eval_tf) if gallery_ds is not None else None,
                           compute_metrics=make_compute_metrics(model.config.geometry, model.config.curvature, ks))
     if auto:
         _set_curvature_from_delta(trainer, with_image_transform(train_ds, eval_tf), margs, ks)

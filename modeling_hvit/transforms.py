@@ -26,7 +26,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = Image.Resampling.BICUBIC
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "TrainTransform", "eval_resize_for",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "TrainTransform", "eval_resize_for", "transforms_for_model",
            "normalization_from_processor", "to_rgb", "with_image_transform"]
 
 
@@ -162,6 +162,19 @@ class EvalTransform:
         top = int(round((size[1] - self.image_size) / 2.0))
         image = image.crop((left, top, left + self.image_size, top + self.image_size))
         return to_tensor(image, self.mean, self.std)
+
+
+def transforms_for_model(model, dataset: str, image_size: int | None = None,
+                         crop_scale_min: float = 0.2) -> tuple[TrainTransform, EvalTransform]:
+    """Train and eval transforms at the model's input size, normalised as its image processor says
+    (the default processor of `HViTModel` when it has none)."""
+    from .modeling_hvit import default_image_processor
+
+    processor = getattr(model, "image_processor", None) or default_image_processor(model.config)
+    mean, std = normalization_from_processor(processor)
+    size = image_size or getattr(model.config.backbone_config, "image_size", 224)
+    return (TrainTransform(size, mean, std, scale=(crop_scale_min, 1.0)),
+            EvalTransform(size, mean, std, resize_size=eval_resize_for(dataset, size)))
 
 
 def with_image_transform(dataset, transform, *, image_column: str = "image", label_column: str = "label"):

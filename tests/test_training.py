@@ -141,3 +141,25 @@ def test_push_to_hub_uploads_our_card_after_training(tmp_path, monkeypatch):
     assert not {"training_args.bin"} & names
     card = next(op for op in commit["operations"] if op.path_in_repo == "README.md").path_or_fileobj.decode()
     assert "pipeline_tag: image-feature-extraction" in card and "generated_from_trainer" not in card
+
+
+def test_query_gallery_evaluation_in_the_trainer(tmp_path):
+    """With a gallery (In-Shop), the trainer scores queries against it, as eval_hvit.py does."""
+    from modeling_hvit.evaluation import embed_dataset, evaluate_embeddings
+    from modeling_hvit.trainer import make_compute_metrics
+    from modeling_hvit.transforms import EvalTransform
+
+    trainer = _tiny_trainer(tmp_path, max_steps=1)
+    model = trainer.model
+    test = build_dataset("demo", demo_kwargs={"num_shapes": 4, "num_colours": 4, "images_per_class": 6,
+                                              "image_size": 16})["test"]
+    query, gallery = test.select(range(0, len(test), 2)), test.select(range(1, len(test), 2))
+    tf = EvalTransform(16)
+    trainer.eval_dataset, trainer.gallery_dataset = with_image_transform(query, tf), with_image_transform(gallery, tf)
+    trainer.compute_metrics = make_compute_metrics("poincare", 0.1, (1, 2))
+    got = trainer.evaluate()
+    q, g = embed_dataset(model, trainer.eval_dataset), embed_dataset(model, trainer.gallery_dataset)
+    want = evaluate_embeddings(*q, "poincare", 0.1, (1, 2), gallery=g)
+    assert set(want) <= {k[len("eval_"):] for k in got}
+    for k, v in want.items():
+        assert abs(got[f"eval_{k}"] - v) < 1e-6, k
