@@ -233,7 +233,8 @@ def _plot(args: EvalArguments, dargs, split: tuple, geometry: str, curvature: fl
         idx = np.sort(np.random.default_rng(args.seed).choice(len(idx), args.plot_max_points, replace=False))
     path = out_dir / "poincare_disk.png"
     plot_poincare_disk(emb[idx], lab.numpy()[idx], geometry, curvature,
-                       hierarchy=None if hierarchy is None else hierarchy[idx], path=path, seed=args.seed,
+                       hierarchy=None if hierarchy is None else hierarchy[idx], hierarchy_name=column or "hierarchy",
+                       path=path, seed=args.seed,
                        title=f"{Path(args.model.rstrip('/')).name} · {dargs.dataset}")
     return path
 

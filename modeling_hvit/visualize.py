@@ -71,8 +71,8 @@ def _codes(values: Any, n: int, name: str) -> tuple[np.ndarray, int]:
 
 
 def plot_poincare_disk(embeddings: Any, labels: Any, geometry: str = "poincare", curvature: float = 0.1,
-                       *, hierarchy: Any | None = None, path: str | Path | None = None,
-                       title: str | None = None, seed: int = 0, coords: np.ndarray | None = None,
+                       *, hierarchy: Any | None = None, hierarchy_name: str = "hierarchy",
+                       path: str | Path | None = None, title: str | None = None, seed: int = 0, coords: np.ndarray | None = None,
                        point_size: float | None = None, dpi: int = 150):
     """Scatter the embeddings in the Poincaré disk coloured by ``labels`` (and ``hierarchy`` in a
     second panel); returns the matplotlib ``Figure`` and writes a PNG to ``path`` when given.
@@ -84,7 +84,7 @@ def plot_poincare_disk(embeddings: Any, labels: Any, geometry: str = "poincare",
     n = len(xy)
     panels = [("class", *_codes(labels, n, "labels"))]
     if hierarchy is not None:
-        panels.append(("hierarchy", *_codes(hierarchy, n, "hierarchy")))
+        panels.append((hierarchy_name, *_codes(hierarchy, n, "hierarchy")))
     fig = Figure(figsize=(5.0 * len(panels), 5.0))
     size = point_size if point_size is not None else max(1.0, min(20.0, 4000.0 / n))
     for j, (name, codes, n_colors) in enumerate(panels):
