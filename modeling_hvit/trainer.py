@@ -4,6 +4,7 @@ the original optimiser settings and retrieval metrics as evaluation."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,6 +44,9 @@ class HViTTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch' checkpoints."})
     dataloader_num_workers: int = field(default=min(8, os.cpu_count() or 1), metadata={"help": "Decoding workers."})
+    report_to: str | list[str] | None = field(
+        default="tensorboard" if importlib.util.find_spec("tensorboard") else "none",
+        metadata={"help": "Loggers: TensorBoard when it is installed (logs under output_dir/runs), else none."})
 
     def __post_init__(self):
         if self.dataloader_pin_memory and not torch.cuda.is_available():
