@@ -44,7 +44,7 @@ class HViTTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch' checkpoints."})
     dataloader_num_workers: int = field(default=min(8, os.cpu_count() or 1), metadata={"help": "Decoding workers."})
-    report_to: str | list[str] | None = field(
+    report_to: None | str | list[str] = field(
         default="tensorboard" if importlib.util.find_spec("tensorboard") else "none",
         metadata={"help": "Loggers: TensorBoard when it is installed (logs under output_dir/runs), else none."})
 
