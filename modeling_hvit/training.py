@@ -185,6 +185,7 @@ def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: Model
     """`--curvature auto`: δ_rel of the encoder features of the train split → c = (0.144/δ_rel)²."""
     from .delta import estimate_delta
 
+    trainer.compute_metrics = None  # only the features are wanted here, not retrieval metrics of the train split
     features = torch.as_tensor(trainer.predict(train_eval_set, metric_key_prefix="delta").predictions[1])
     n = min(margs.delta_n, len(features))
     est = estimate_delta(features.double(), n=n, draws=margs.delta_draws, seed=trainer.args.seed, progress=True)
