@@ -1,7 +1,7 @@
 # Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
 """Data pipeline throughput on real Caltech-101 JPEGs: decode, + train/eval transform, N workers.
 
-    .venv/bin/python bench/data_pipeline.py [--data_dir /work/shared/data/caltech101] [--n_images 1024]
+    .venv/bin/python bench/data_pipeline.py [--data_dir ../shared/data/caltech101] [--n_images 1024]
 
 Each variant runs in its own subprocess; its peak memory is the larger ``ru_maxrss`` of the
 variant process itself (``RUSAGE_SELF``) and of its reaped DataLoader workers (``RUSAGE_CHILDREN``,
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,7 +82,7 @@ def build_cost(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", default="/work/shared/data/caltech101")
+    p.add_argument("--data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "caltech101"))
     p.add_argument("--n_images", type=int, default=1024)
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS)

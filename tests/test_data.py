@@ -18,8 +18,7 @@ from PIL import Image
 
 from modeling_hvit.data import DataError, build_dataset, dataset_labels
 from modeling_hvit.transforms import TrainTransform, with_image_transform
-
-DATA = Path(os.environ.get("HVIT_DATA", "/work/shared/data"))
+from conftest import real_data
 
 
 # -- fixture helpers ---------------------------------------------------------------------------------
@@ -354,17 +353,11 @@ def test_hub_dataset_by_name_with_columns(tmp_path):
 
 
 # -- real data ----------------------------------------------------------------------------------------
-def require(path: Path) -> Path:
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is required when CI=true")
-        pytest.skip(f"{path} not present")
-    return path
 
 
 @pytest.mark.slow
 def test_real_omniglot(tmp_path):
-    ds = build("omniglot", str(require(DATA / "omniglot")), tmp_path=tmp_path)
+    ds = build("omniglot", str(real_data("omniglot")), tmp_path=tmp_path)
     train, test = dataset_labels(ds["train"]), dataset_labels(ds["test"])
     assert (len(train), len(test)) == (19280, 13180)
     assert (len(set(train)), len(set(test))) == (964, 659) and not set(train) & set(test)
@@ -373,7 +366,7 @@ def test_real_omniglot(tmp_path):
 
 @pytest.mark.slow
 def test_real_caltech101(tmp_path):
-    ds = build("caltech101", str(require(DATA / "caltech101")), tmp_path=tmp_path)
+    ds = build("caltech101", str(real_data("caltech101")), tmp_path=tmp_path)
     train, test = dataset_labels(ds["train"]), dataset_labels(ds["test"])
     names = ds["train"].features["label"].names
     assert len(names) == 101 and "BACKGROUND_Google" not in names and names == sorted(names)
