@@ -23,8 +23,23 @@ from dataclasses import dataclass, field
 
 import datasets
 
-from .data_build import Layout, Record, check_disjoint, materialise, parse_int, read_table, split_classes
-from .data_sources import IMAGE_SUFFIXES, DataError, FileTree, check_image, close_archives
+from .data_build import (
+    Layout,
+    Record,
+    check_disjoint,
+    materialise,
+    parse_int,
+    read_table,
+    split_classes,
+)
+from .data_sources import (
+    IMAGE_SUFFIXES,
+    DataError,
+    FileTree,
+    check_image,
+    close_archives,
+)
+from .dataset_names import canonical_dataset_name
 
 __all__ = ["DATASETS", "DataArguments", "DataError", "build_dataset", "dataset_labels"]
 
@@ -289,9 +304,6 @@ DATASETS = {
     "cub": build_cub, "cars": build_cars, "sop": build_sop, "inshop": build_inshop,
     "omniglot": build_omniglot, "caltech101": build_caltech101, "folder": build_folder,
 }
-ALIASES = {"cub200": "cub", "cub-200-2011": "cub", "cars196": "cars", "stanford_online_products": "sop",
-           "in-shop": "inshop", "in_shop": "inshop", "caltech": "caltech101", "caltech-101": "caltech101",
-           "imagefolder": "folder"}
 
 
 def build_dataset(name: str, data_dir: str | None = None, *, verify_images: bool = True,
@@ -313,7 +325,7 @@ def build_dataset(name: str, data_dir: str | None = None, *, verify_images: bool
     if key == "demo":
         from .demo_data import build_demo_dataset
         return build_demo_dataset(**(demo_kwargs or {}))
-    key = ALIASES.get(key, key)
+    key = canonical_dataset_name(key)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}, 'demo' or 'hub:<org/name>'")
     if data_dir is None:

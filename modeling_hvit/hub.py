@@ -16,7 +16,6 @@ CLI: `python -m modeling_hvit.hub push <dir> <org/name> [--private]` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -20,6 +20,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .dataset_names import canonical_dataset_name
+
 __all__ = ["TEMPLATE_PATH", "HubFolderError", "build_card", "final_metrics", "metric_label", "read_json"]
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md.jinja"
@@ -30,9 +32,6 @@ META_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "
 DATASET_NAMES = {"cub": "CUB-200-2011", "cars": "Cars196", "sop": "Stanford Online Products",
                  "inshop": "In-Shop Clothes Retrieval", "omniglot": "Omniglot", "caltech101": "Caltech-101",
                  "demo": "the built-in demo shapes dataset (synthetic)", "folder": "a local image folder"}
-_DATASET_ALIASES = {"cub200": "cub", "cub2002011": "cub", "cars196": "cars", "stanfordcars": "cars",
-                    "stanfordonlineproducts": "sop", "inshopclothes": "inshop", "caltech": "caltech101",
-                    "imagefolder": "folder"}
 _LABELS = {"precision@1": "Precision@1", "r_precision": "R-Precision", "map@r": "MAP@R", "nmi": "NMI"}
 _FRACTION = re.compile(r"^(recall@\d+|precision@\d+|r_precision|map@r|map@\d+|nmi)$")
 # train_args.json entries that are machine-local or bookkeeping, not hyperparameters.
@@ -115,8 +114,7 @@ def _dataset(metrics: dict, data_args: dict) -> tuple[str | None, str, str, str 
     if raw.lower().startswith("hub:"):
         hub_id = raw[4:]
         return hub_id, hub_id, hub_id, hub_id
-    norm = "".join(ch for ch in raw.lower() if ch.isalnum())
-    key = _DATASET_ALIASES.get(norm, norm)
+    key = canonical_dataset_name(raw)
     return key, DATASET_NAMES.get(key, raw), key, None
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .dataset_names import canonical_dataset_name
 from .retrieval import iter_knn_first_hit
 
 RECALL_KS: dict[str, tuple[int, ...]] = {
@@ -32,8 +33,6 @@ RECALL_KS: dict[str, tuple[int, ...]] = {
     "inshop": (1, 10, 20, 30, 40, 50),
 }
 DEFAULT_RECALL_KS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-_ALIASES = {"cub200": "cub", "cub2002011": "cub", "cars196": "cars", "stanfordcars": "cars",
-            "stanfordonlineproducts": "sop", "inshopclothes": "inshop", "deepfashion": "inshop"}
 METRICS = ("recall", "precision@1", "r_precision", "map@r", "nmi")
 DEFAULT_METRICS = ("recall", "precision@1", "r_precision", "map@r")
 
@@ -46,8 +45,7 @@ def recall_ks_for(dataset: str | None) -> tuple[int, ...]:
     like ``CUB-200-2011``, ``In-Shop``); ``DEFAULT_RECALL_KS`` for any other name or None."""
     if not dataset:
         return DEFAULT_RECALL_KS
-    key = "".join(ch for ch in dataset.lower() if ch.isalnum())
-    return RECALL_KS.get(_ALIASES.get(key, key), DEFAULT_RECALL_KS)
+    return RECALL_KS.get(canonical_dataset_name(dataset), DEFAULT_RECALL_KS)
 
 
 def encode_labels(*label_sets: Any) -> list[torch.Tensor]:

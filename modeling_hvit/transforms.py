@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .dataset_names import canonical_dataset_name
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = Image.Resampling.BICUBIC
@@ -72,7 +74,7 @@ def normalization_from_processor(processor=None, image_mean: Sequence[float] | N
 
 def eval_resize_for(dataset: str, image_size: int = 224) -> int:
     """Shorter-side resize before the eval center crop: 256/224 of the crop for CUB, else the crop."""
-    return round(image_size * 256 / 224) if dataset.lower() in ("cub", "cub200", "cub-200-2011") else image_size
+    return round(image_size * 256 / 224) if canonical_dataset_name(dataset) == "cub" else image_size
 
 
 def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

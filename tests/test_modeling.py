@@ -13,7 +13,6 @@ from PIL import Image
 from transformers import AutoConfig, AutoModel, ViTConfig, ViTModel, pipeline
 
 from modeling_hvit import HViTConfig, HViTModel
-from modeling_hvit.hyperbolic import clip_features, expmap0
 from conftest import BLOCK_HVIT_IMPORT
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37,
