@@ -25,6 +25,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.dynamic_module_utils import get_relative_imports
 from transformers.utils import logging
 
+from .checkpoint import CheckpointError, verify_manifest
 from .hub_card import HubFolderError, build_card, read_json
 
 logger = logging.get_logger(__name__)
@@ -86,6 +87,22 @@ def _code_files(folder: Path, auto_map: dict, problems: list[str]) -> list[str]:
     return [n for n in seen if (folder / n).is_file()]
 
 
+def _links(folder: Path, files: list[str]) -> list[str]:
+    """Listed files that are symbolic links, or sit below one, or resolve outside `folder`: a link can
+    point anywhere (a token file, a home directory), so none is uploaded."""
+    root = folder.resolve()
+    bad = []
+    for name in files:
+        parts = Path(name).parts
+        linked = [Path(*parts[:i]) for i in range(1, len(parts) + 1) if (folder / Path(*parts[:i])).is_symlink()]
+        inside = (folder / name).resolve().is_relative_to(root)
+        if linked or not inside:
+            target = os.path.realpath(folder / name)
+            bad.append(f"{name} is a symbolic link or leaves the folder (it resolves to {target}); links are never "
+                       "uploaded: replace it with a copy of the file, or remove it")
+    return bad
+
+
 def prepare_upload(folder: str | os.PathLike) -> list[str]:
     """Validate a saved HViT folder and list the files to upload (relative POSIX paths, sorted).
 
@@ -95,7 +112,9 @@ def prepare_upload(folder: str | os.PathLike) -> list[str]:
     `preprocessor_config.json`. Also listed when present: `metrics.json`, `train_args.json` and top-level
     images (the Poincaré-disk plot). Everything else — `training_args.bin`, optimizer/scheduler/RNG
     state, `checkpoint-*/`, `runs/`, any `*.bin`/`*.pt`/`*.pth` — is left out, and so is an existing
-    `README.md` (the push writes our rendered card instead). All problems are reported at once.
+    `README.md` (the push writes our rendered card instead). A listed file that is a symbolic link (or
+    resolves outside the folder) is an error, and so is one that differs from the folder's
+    `checksums.sha256` (written by train_hvit.py). All problems are reported at once.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -129,6 +148,12 @@ def prepare_upload(folder: str | os.PathLike) -> list[str]:
             read_json(folder / name)  # malformed JSON is an error naming the file and line
             files.append(name)
     files += [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    problems += _links(folder, files)
+    if not problems:
+        try:
+            verify_manifest(folder, files)
+        except CheckpointError as err:
+            problems.append(str(err))
     if problems:
         raise HubFolderError(f"{folder} cannot be pushed:\n  - " + "\n  - ".join(problems))
     if not (folder / "metrics.json").is_file():
@@ -152,10 +177,25 @@ def _offline() -> bool:
     return constants.HF_HUB_OFFLINE or (env or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _contains(path: Path, needles: list[bytes], chunk_size: int = 1 << 22) -> bool:
+    """Whether the bytes of `path` hold any of `needles`, read in overlapping chunks (weights are large)."""
+    overlap = max(map(len, needles)) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            window = tail + block
+            if any(n in window for n in needles):
+                return True
+            tail = window[-overlap:] if overlap else b""
+    return False
+
+
 def _check_token_not_in(folder: Path, files: list[str], card_text: str, token: str) -> None:
-    texts = {"README.md": card_text}
-    texts.update({f: (folder / f).read_text(errors="ignore") for f in files if f.endswith((".json", ".py", ".md"))})
-    leaked = [name for name, text in texts.items() if token in text]
+    """Every uploaded file's bytes (weights and images too) and the card must hold neither the push token
+    nor the locally stored one (HF_TOKEN / `hf auth login`)."""
+    needles = [t.encode() for t in {token, get_token()} if t]
+    leaked = ["README.md"] if any(n.decode() in card_text for n in needles) else []
+    leaked += [name for name in files if _contains(folder / name, needles)]
     if leaked:
         raise HubPushError(f"refusing to push: {', '.join(leaked)} contain(s) your Hugging Face token; "
                            "remove it from the file(s) first")
@@ -184,9 +224,9 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
 
     One commit holds the files of `prepare_upload(folder)` plus `README.md` = `card` (default:
     `render_model_card(folder, repo_id, license=license)`). Before any network call: the folder is
-    validated, offline mode (HF_HUB_OFFLINE) and a missing token are clear errors, and the uploaded
-    text files are checked not to contain the token. `api` defaults to `HfApi()`; the token is taken
-    from `token`, else `api.token`, else `huggingface_hub.get_token()` (login / HF_TOKEN).
+    validated, offline mode (HF_HUB_OFFLINE) and a missing token are clear errors, and every byte of the
+    uploaded files and the card is checked not to contain the token. `api` defaults to `HfApi()`; the
+    token is taken from `token`, else `api.token`, else `huggingface_hub.get_token()` (login / HF_TOKEN).
     """
     folder = Path(folder)
     files = prepare_upload(folder)

@@ -27,7 +27,7 @@ __all__ = ["TEMPLATE_PATH", "HubFolderError", "build_card", "final_metrics", "me
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md.jinja"
 # Numbers in metrics.json that describe the run rather than measure retrieval.
 META_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "world_size", "global_step",
-             "split", "seed", "epoch",
+             "split", "seed", "epoch", "partial_resume",
              "num_queries", "num_gallery", "embedding_dim", "runtime", "samples_per_second", "steps_per_second"}
 DATASET_NAMES = {"cub": "CUB-200-2011", "cars": "Cars196", "sop": "Stanford Online Products",
                  "inshop": "In-Shop Clothes Retrieval", "omniglot": "Omniglot", "caltech101": "Caltech-101",
@@ -249,6 +249,10 @@ def _recipe(config: dict, metrics: dict, train_args: dict, dataset_name: str, ba
              ("Input", f"{m.get('image_size')} px, {precision}"), ("Seed", f"{t.get('seed')}")]
     if _number(metrics.get("wall_seconds")) and "untrained" in metrics:  # training.py's metrics.json
         rows.append(("Wall time", f"{metrics['wall_seconds'] / 60:.1f} min (training and evaluation)"))
+    partial = metrics.get("partial_resume")
+    if isinstance(partial, dict):  # --allow_partial_resume (checkpoint.resume_checkpoint)
+        rows.append(("Resumed", f"from a checkpoint without {', '.join(map(str, partial.get('missing', [])))}: "
+                                "not an exact continuation of the run"))
     return rows
 
 

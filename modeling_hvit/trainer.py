@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
+from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings
@@ -47,6 +48,8 @@ class HViTTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(
         default="tensorboard" if importlib.util.find_spec("tensorboard") else "none",
         metadata={"help": "Loggers: TensorBoard when it is installed (logs under output_dir/runs), else none."})
+    allow_partial_resume: bool = field(default=False, metadata={"help": "Resume from a checkpoint that lacks its "
+                                       "optimizer/scheduler/RNG state (not exact; warned and recorded)."})
 
     def __post_init__(self):
         if self.dataloader_pin_memory and not torch.cuda.is_available():
@@ -55,6 +58,10 @@ class HViTTrainingArguments(TrainingArguments):
         if self.per_device_train_batch_size % self.samples_per_class:
             raise ValueError(f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple "
                              f"of samples_per_class={self.samples_per_class}")
+
+    def __getstate__(self):
+        """Pickles (the Trainer's `training_args.bin`) never hold the Hub token; it stays in memory."""
+        return {**self.__dict__, "hub_token": None}
 
     @property
     def ks(self) -> tuple[int, ...] | None:
@@ -109,6 +116,7 @@ class HViTTrainer(Trainer):
                 self.train_labels, getattr(self.args, "samples_per_class", 2), self.args.per_device_train_batch_size,
                 world_size=self.args.world_size, seed=self.args.seed)
         self._loss_stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.add_callback(CheckpointCallback())  # checksums.sha256 in every checkpoint
 
     def _get_train_sampler(self, train_dataset=None):
         return self._train_sampler
@@ -156,7 +164,12 @@ class HViTTrainer(Trainer):
         loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
         target.load_state_dict(loaded.state_dict())
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; a checkpoint to resume from must be complete and intact (`checkpoint.resume_checkpoint`)."""
+        return super().train(resume_checkpoint(self, resume_from_checkpoint), *args, **kwargs)
+
     def _load_best_model(self) -> None:
+        verify_manifest(self.state.best_model_checkpoint)
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

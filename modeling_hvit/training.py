@@ -20,6 +20,7 @@ import yaml
 from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
+from .checkpoint import write_manifest
 from .configuration_hvit import HViTConfig
 from .data import DataArguments, dataset_labels
 from .metrics import recall_ks_for
@@ -120,6 +121,7 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     margs, dargs, targs = parse_args(argv)
+    hub_token, targs.hub_token = targs.hub_token, None  # in memory only: never saved with the args (issue 12.15)
     # We push ourselves after the final evaluation, with our model card: the Trainer's own push would
     # create the repo at construction and replace README.md with its generic card (HF_NOTES §3.6).
     push_to = None
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         from .hub import check_can_push
 
         push_to = targs.hub_model_id or Path(targs.output_dir).name
-        check_can_push(push_to, targs.hub_token)  # before hours of training, not after
+        check_can_push(push_to, hub_token)  # before hours of training, not after
         targs.push_to_hub = False
     set_seed(targs.seed)
     start = time.perf_counter()
@@ -160,14 +162,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         summary = {**results["trained"], "untrained": results["untrained"], "wall_seconds": time.perf_counter() - start,
                    "dataset": dargs.dataset, "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
                    "world_size": trainer.args.world_size, "global_step": trainer.state.global_step}
+        summary.update({k: v for h in trainer.state.log_history for k, v in h.items() if k == "partial_resume"})
         Path(targs.output_dir, "metrics.json").write_text(json.dumps(summary, indent=2))
         Path(targs.output_dir, "train_args.json").write_text(json.dumps(
             {"model": asdict(margs), "data": asdict(dargs), "training": targs.to_dict()}, indent=2, default=str))
+        write_manifest(targs.output_dir)  # checksums.sha256 of the saved model, verified on push and load
         _print_table(results)
         if push_to:
             from .hub import push_to_hub
 
-            print(f"Pushed to {push_to_hub(targs.output_dir, push_to, private=targs.hub_private_repo, token=targs.hub_token)}")
+            print(f"Pushed to {push_to_hub(targs.output_dir, push_to, private=targs.hub_private_repo, token=hub_token)}")
         print(f"\nSaved to {targs.output_dir} in {summary['wall_seconds']:.0f} s. Load it with:\n"
               f"    import modeling_hvit; from transformers import AutoModel\n"
               f"    model = AutoModel.from_pretrained({str(targs.output_dir)!r})\n"

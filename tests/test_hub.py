@@ -423,3 +423,81 @@ def test_demo_training_run_pushes_with_our_card(tmp_path, online, hub_calls):
     metrics = json.loads((out / "metrics.json").read_text())
     published = _index_metrics(_front_matter(files["README.md"].decode()))
     assert set(published) == {k for k in metrics if metric.match(k)} and "encoder_recall@1" in published
+
+
+# -- links, token bytes, checksums (issue 12.14, 12.16) ----------------------------------------------
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_prepare_upload_refuses_symlinks(trained, tmp_path, target):
+    """A `plot.svg` link to a token file was uploaded with the token in it: no link is uploaded, whether
+    it leaves the folder or not (a link inside can be retargeted between check and upload)."""
+    folder = _copy(trained, tmp_path)
+    secret = tmp_path / "token"
+    secret.write_text(FAKE_TOKEN)
+    (folder / "plot.svg").symlink_to(secret if target == "outside" else folder / "poincare_disk.png")
+    with pytest.raises(HubFolderError, match=r"plot.svg is a symbolic link"):
+        prepare_upload(folder)
+    (folder / "plot.svg").unlink()
+    (folder / "metrics.json").unlink()
+    (folder / "metrics.json").symlink_to(trained / "metrics.json")  # an optional file too
+    with pytest.raises(HubFolderError, match=r"metrics.json is a symbolic link"):
+        prepare_upload(folder)
+
+
+def test_prepare_upload_refuses_shards_outside_the_folder(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    (tmp_path / "stolen.safetensors").write_bytes(b"secret")
+    (folder / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {"head.weight": "../stolen.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(HubFolderError, match=r"\.\./stolen.safetensors .*leaves the folder"):
+        prepare_upload(folder)
+
+
+@pytest.mark.parametrize("name", ["poincare_disk.png", "model.safetensors"])
+def test_push_refuses_the_token_in_any_uploaded_file(trained, online, hub_calls, tmp_path, name):
+    """Every byte of every uploaded file is scanned (before: only .json/.py/.md)."""
+    folder = _copy(trained, tmp_path)
+    with open(folder / name, "ab") as f:
+        f.write(b"\x00" + FAKE_TOKEN.encode() + b"\x00")
+    with pytest.raises(HubPushError, match=re.escape(name)) as err:
+        push_to_hub(folder, REPO, token=FAKE_TOKEN)
+    assert FAKE_TOKEN not in str(err.value) and hub_calls["create_commit"] == []
+
+
+def test_push_refuses_the_stored_token_too(trained, online, hub_calls, tmp_path, monkeypatch):
+    """A file holding the login token (HF_TOKEN) is refused even when pushing with another token."""
+    folder = _copy(trained, tmp_path)
+    stored = "hf_STOREDtokenAlsoSecret9876543210zyx"
+    monkeypatch.setenv("HF_TOKEN", stored)
+    (folder / "poincare_disk.png").write_bytes((folder / "poincare_disk.png").read_bytes() + stored.encode())
+    with pytest.raises(HubPushError, match="poincare_disk.png"):
+        push_to_hub(folder, REPO, token=FAKE_TOKEN)
+    assert hub_calls["create_commit"] == []
+
+
+def test_token_scan_finds_a_token_across_read_chunks(tmp_path):
+    from modeling_hvit.hub import _contains
+
+    path = tmp_path / "blob"
+    for offset in range(0, 12):
+        path.write_bytes(b"x" * offset + FAKE_TOKEN.encode() + b"y" * 5)
+        assert _contains(path, [FAKE_TOKEN.encode()], chunk_size=7), offset
+    path.write_bytes(b"x" * 40 + FAKE_TOKEN[:-1].encode() + b"y" * 40)
+    assert not _contains(path, [FAKE_TOKEN.encode()], chunk_size=7)
+
+
+def test_push_verifies_the_checksum_manifest(trained, online, hub_calls, tmp_path):
+    from modeling_hvit.checkpoint import write_manifest
+
+    folder = _copy(trained, tmp_path)
+    write_manifest(folder)
+    (folder / "training_args.bin").unlink()  # not uploaded: need not be there
+    push_to_hub(folder, REPO, token=FAKE_TOKEN)
+    assert len(hub_calls["create_commit"]) == 1
+    assert "checksums.sha256" not in {op.path_in_repo for op in hub_calls["create_commit"][0]["operations"]}
+    weights = bytearray((folder / "model.safetensors").read_bytes())
+    weights[-64:] = bytes(64)  # same size, zeroed tail
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(HubFolderError, match="model.safetensors differs from the saved file"):
+        push_to_hub(folder, REPO, token=FAKE_TOKEN)
+    assert len(hub_calls["create_commit"]) == 1
