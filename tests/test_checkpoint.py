@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -187,3 +188,43 @@ def test_trainer_args_pickle_without_the_token(tmp_path):
     assert _files_holding(tmp_path, TOKEN) == []
     loaded = torch.load(tmp_path / "checkpoint-1" / "training_args.bin", weights_only=False)
     assert loaded.hub_token is None and loaded.learning_rate == trainer.args.learning_rate
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_has_every_rank_state_and_resumes(tmp_path):
+    """Under `accelerate launch` (2 CPU processes): the manifest is written after both ranks saved their
+    RNG state, a resume works, and one without rank 1's RNG state (or with another world size) is refused."""
+    import numpy as np
+    from PIL import Image
+    from test_train_multiprocess import ROOT, _free_port
+
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        (tmp_path / "data" / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray((rng.random((16, 16, 3)) * 60 + c * 24).astype("uint8")).save(
+                tmp_path / "data" / f"class{c}" / f"{i}.png")
+    out = tmp_path / "out"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+
+    def launch(processes: int, *extra: str) -> subprocess.CompletedProcess:
+        launcher = ["-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                    *(["--multi_gpu", "--main_process_port", str(_free_port())] if processes > 1 else [])]
+        cmd = [sys.executable, *launcher, str(ROOT / "train_hvit.py"), "--dataset", "folder",
+               "--data_dir", str(tmp_path / "data"), "--image_size", "16", "--per_device_train_batch_size", "4",
+               "--samples_per_class", "2", "--max_steps", "3", "--output_dir", str(out), "--recall_ks", "1,2",
+               "--disable_tqdm", "true", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "2", *extra]
+        return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    proc = launch(2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = out / "checkpoint-2"
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set((ckpt / MANIFEST_NAME).read_text().split())
+    assert _sha256sum_check(ckpt).returncode == 0
+    proc = launch(2, "--resume_from_checkpoint", str(ckpt))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = launch(1, "--resume_from_checkpoint", str(ckpt))
+    assert proc.returncode != 0 and "rng_state.pth missing" in proc.stderr
+    (ckpt / "rng_state_1.pth").unlink()
+    proc = launch(2, "--resume_from_checkpoint", str(ckpt))
+    assert proc.returncode != 0 and "rng_state_1.pth missing" in proc.stderr
