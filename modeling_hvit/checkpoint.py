@@ -8,8 +8,9 @@
   by an older hvit or by a bare `save_pretrained`) passes with a one-line note;
 - `resume_checkpoint(trainer, resume_from_checkpoint)` refuses a checkpoint without its optimizer,
   scheduler, scaler or RNG state — the Trainer would silently start those afresh and end with weights an
-  uninterrupted run never reaches — unless `--allow_partial_resume` is set, which is warned about and
-  recorded in `trainer_state.json` (log history) and `metrics.json`;
+  uninterrupted run never reaches — or saved with another model head or batch size, unless
+  `--allow_partial_resume` is set, which is warned about and recorded in `trainer_state.json` (log
+  history) and `metrics.json`;
 - `CheckpointCallback` writes the manifest after each save and records a partial resume.
 
 CLI: `python -m modeling_hvit.checkpoint verify|write <dir>`.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import math
 import os
 import re
 import sys
@@ -127,11 +130,35 @@ def _complete_siblings(folder: Path, world_size: int, scaler: bool) -> list[Path
     return [p for _, p in sorted(found)]
 
 
+# Model settings that must match the checkpoint's config.json for the resumed run to be the same run.
+HEAD_SETTINGS = ("embedding_dim", "geometry", "curvature", "clip_radius", "freeze_patch_embed", "freeze_blocks")
+
+
+def changed_settings(checkpoint: str | os.PathLike, trainer) -> list[str]:
+    """Settings of `trainer` that differ from the ones `checkpoint` was trained with: the head of the
+    model (config.json) and the batch size (trainer_state.json); floats compared to 1e-3 relative."""
+    folder, changed = Path(checkpoint), []
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    saved = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    for key in HEAD_SETTINGS:
+        then, now = saved.get(key), getattr(config, key, None)
+        same = (math.isclose(then, now, rel_tol=1e-3) if isinstance(then, float) and isinstance(now, (int, float))
+                else then == now)
+        if key in saved and not same:
+            changed.append(f"{key} {then!r} in the checkpoint, {now!r} now")
+    state = json.loads((folder / "trainer_state.json").read_text())
+    batch = getattr(trainer, "_train_batch_size", None)
+    if state.get("train_batch_size") and batch and state["train_batch_size"] != batch:
+        changed.append(f"train batch size {state['train_batch_size']} in the checkpoint, {batch} now")
+    return changed
+
+
 def resume_checkpoint(trainer, resume_from_checkpoint: str | bool | None) -> str | None:
     """What `HViTTrainer.train` resumes from: `resume_from_checkpoint` (True: the last checkpoint of
-    output_dir, as the Trainer picks it), after checking that it is complete and intact. Missing
-    optimizer/scheduler/scaler/RNG state is an error unless `args.allow_partial_resume`, then a warning
-    recorded by the trainer's `CheckpointCallback`. Missing weights or trainer_state.json are always errors."""
+    output_dir, as the Trainer picks it), after checking that it is complete, intact, and saved with the
+    same model head and batch size. Missing optimizer/scheduler/scaler/RNG state or changed settings are
+    errors unless `args.allow_partial_resume`, then a warning recorded by the trainer's
+    `CheckpointCallback`. Missing weights or trainer_state.json and corrupted files are always errors."""
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return None
     if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
@@ -142,10 +169,11 @@ def resume_checkpoint(trainer, resume_from_checkpoint: str | bool | None) -> str
     folder = Path(resume_from_checkpoint)
     if not folder.is_dir():
         raise CheckpointError(f"resume_from_checkpoint {folder}: no such directory")
+    allowed = getattr(trainer.args, "allow_partial_resume", False)
     world_size, scaler = trainer.args.world_size, getattr(trainer.accelerator, "scaler", None) is not None
     missing = missing_resume_files(folder, world_size, scaler)
     hard = [n for n in missing if n in ("trainer_state.json", "model.safetensors")]
-    if missing and (hard or not getattr(trainer.args, "allow_partial_resume", False)):
+    if missing and (hard or not allowed):
         earlier = _complete_siblings(folder, world_size, scaler)
         hint = f"resume from {earlier[-1]} (complete) instead" if earlier else "start the run again"
         raise CheckpointError(
@@ -159,12 +187,18 @@ def resume_checkpoint(trainer, resume_from_checkpoint: str | bool | None) -> str
         logger.warning(f"resuming from {folder}, which has no {MANIFEST_NAME} (older hvit): integrity not checked")
     else:
         verify_manifest(folder, [n for n in entries if n not in missing])
-    if missing:
-        logger.warning(f"--allow_partial_resume: resuming from {folder} without {', '.join(missing)}; the result "
-                       "will differ from an uninterrupted run (recorded in trainer_state.json and metrics.json)")
+    changed = changed_settings(folder, trainer)
+    if changed and not allowed:
+        raise CheckpointError(f"cannot resume from {folder}: {'; '.join(changed)} — pass the same settings as the "
+                              "interrupted run, or --allow_partial_resume true to continue anyway (recorded in the logs)")
+    record = {"checkpoint": str(folder), "missing": missing, **({"changed": changed} if changed else {})}
+    if missing or changed:
+        logger.warning(f"--allow_partial_resume: resuming from {folder} "
+                       + "; ".join(([f"without {', '.join(missing)}"] if missing else []) + changed)
+                       + ": not an exact continuation (recorded in trainer_state.json and metrics.json)")
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, CheckpointCallback):
-            callback.partial_resume = {"checkpoint": str(folder), "missing": missing} if missing else None
+            callback.partial_resume = record if missing or changed else None
     return str(folder)
 
 

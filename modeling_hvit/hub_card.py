@@ -251,8 +251,9 @@ def _recipe(config: dict, metrics: dict, train_args: dict, dataset_name: str, ba
         rows.append(("Wall time", f"{metrics['wall_seconds'] / 60:.1f} min (training and evaluation)"))
     partial = metrics.get("partial_resume")
     if isinstance(partial, dict):  # --allow_partial_resume (checkpoint.resume_checkpoint)
-        rows.append(("Resumed", f"from a checkpoint without {', '.join(map(str, partial.get('missing', [])))}: "
-                                "not an exact continuation of the run"))
+        what = ([f"without {', '.join(map(str, partial['missing']))}"] if partial.get("missing") else []) + [
+            str(c) for c in partial.get("changed", [])]
+        rows.append(("Resumed", f"from a checkpoint {'; '.join(what)}: not an exact continuation of the run"))
     return rows
 
 

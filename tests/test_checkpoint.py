@@ -5,6 +5,7 @@ that catches same-size corruption, and the Hub token never reaches a file."""
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,28 @@ def test_partial_resume_cannot_skip_the_weights(full_run, tmp_path):
     trainer = _tiny_trainer(tmp_path / "resumed", allow_partial_resume=True)
     with pytest.raises(CheckpointError, match="model.safetensors missing"):
         trainer.train(resume_from_checkpoint=str(ckpt))
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("config.json", ("curvature", 0.05), "curvature 0.05 in the checkpoint, 0.1 now"),
+    ("config.json", ("geometry", "sphere"), "geometry 'sphere' in the checkpoint, 'poincare' now"),
+    ("trainer_state.json", ("train_batch_size", 16), "train batch size 16 in the checkpoint, 8 now"),
+])
+def test_resume_refuses_other_model_or_batch_settings(full_run, tmp_path, key, value, expected):
+    """A checkpoint trained with another head or batch size (its config.json / trainer_state.json, manifest
+    re-recorded) is not continued silently as if it were this run; allowed, it is recorded."""
+    ckpt = _checkpoint_copy(full_run, tmp_path)
+    saved = json.loads((ckpt / key).read_text())
+    saved[value[0]] = value[1]
+    (ckpt / key).write_text(json.dumps(saved))
+    write_manifest(ckpt, recursive=True)
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        _tiny_trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(ckpt))
+    if key == "config.json":
+        trainer = _tiny_trainer(tmp_path / "allowed", allow_partial_resume=True)
+        trainer.train(resume_from_checkpoint=str(ckpt))
+        assert {"partial_resume": {"checkpoint": str(ckpt), "missing": [], "changed": [expected]},
+                "step": 4} in trainer.state.log_history
 
 
 # -- integrity ----------------------------------------------------------------------------------------

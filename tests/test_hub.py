@@ -501,3 +501,15 @@ def test_push_verifies_the_checksum_manifest(trained, online, hub_calls, tmp_pat
     with pytest.raises(HubFolderError, match="model.safetensors differs from the saved file"):
         push_to_hub(folder, REPO, token=FAKE_TOKEN)
     assert len(hub_calls["create_commit"]) == 1
+
+
+def test_card_states_a_partial_resume(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["partial_resume"] = {"checkpoint": "out/checkpoint-4", "missing": ["optimizer.pt"],
+                                 "changed": ["curvature 0.05 in the checkpoint, 0.1 now"]}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    text = str(render_model_card(folder, REPO))
+    assert ("from a checkpoint without optimizer.pt; curvature 0.05 in the checkpoint, 0.1 now: "
+            "not an exact continuation") in text
+    assert not any("partial_resume" in k for k in _index_metrics(_front_matter(text)))
