@@ -202,6 +202,23 @@ def test_hub_token_is_never_written_by_a_training_run(tmp_path, monkeypatch):
     assert verify_manifest(out) and verify_manifest(out / "checkpoint-2")  # the final model has one too
 
 
+@pytest.mark.slow
+def test_train_hvit_resume_without_optimizer_state(tmp_path):
+    """train_hvit.py: refused by default; with --allow_partial_resume, recorded in metrics.json."""
+    out = tmp_path / "o"
+    args = ["--output_dir", str(out), "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+            "--max_eval_samples", "32", "--disable_tqdm", "true"]
+    main(args)
+    (out / "checkpoint-1" / "optimizer.pt").unlink()
+    resume = [*args, "--resume_from_checkpoint", str(out / "checkpoint-1")]
+    with pytest.raises(CheckpointError, match="optimizer.pt missing"):
+        main(resume)
+    main([*resume, "--allow_partial_resume", "true"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["partial_resume"] == {"checkpoint": str(out / "checkpoint-1"), "missing": ["optimizer.pt"]}
+    assert verify_manifest(out) and verify_manifest(out / "checkpoint-2")
+
+
 def test_trainer_args_pickle_without_the_token(tmp_path):
     """Library use: HViTTrainingArguments(hub_token=...) keeps it in memory, never in training_args.bin."""
     trainer = _tiny_trainer(tmp_path, max_steps=1, hub_token=TOKEN, save_strategy="steps", save_steps=1)
