@@ -37,6 +37,7 @@ __all__ = ["MANIFEST_NAME", "CheckpointCallback", "CheckpointError", "missing_re
            "verify_manifest", "write_manifest"]
 
 MANIFEST_NAME = "checksums.sha256"
+_TMP_NAME = f".{MANIFEST_NAME}.tmp"  # written, then renamed: a manifest is whole or absent
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
@@ -56,7 +57,7 @@ def _files(folder: Path, recursive: bool) -> list[str]:
     """Regular files (not links) under `folder`, relative POSIX paths, the manifest itself left out."""
     paths = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p.relative_to(folder).as_posix() for p in paths
-                  if p.is_file() and not p.is_symlink() and p.name != MANIFEST_NAME)
+                  if p.is_file() and not p.is_symlink() and p.name not in (MANIFEST_NAME, _TMP_NAME))
 
 
 def write_manifest(folder: str | os.PathLike, *, recursive: bool = False) -> Path:
@@ -65,7 +66,7 @@ def write_manifest(folder: str | os.PathLike, *, recursive: bool = False) -> Pat
     there). Written to a temporary name and renamed, so a manifest is either whole or absent."""
     folder = Path(folder)
     lines = [f"{sha256_file(folder / name)}  {name}\n" for name in _files(folder, recursive)]
-    tmp = folder / f".{MANIFEST_NAME}.tmp"
+    tmp = folder / _TMP_NAME
     tmp.write_text("".join(lines), encoding="utf-8")
     os.replace(tmp, folder / MANIFEST_NAME)
     return folder / MANIFEST_NAME

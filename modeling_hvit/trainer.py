@@ -48,8 +48,9 @@ class HViTTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(
         default="tensorboard" if importlib.util.find_spec("tensorboard") else "none",
         metadata={"help": "Loggers: TensorBoard when it is installed (logs under output_dir/runs), else none."})
-    allow_partial_resume: bool = field(default=False, metadata={"help": "Resume from a checkpoint that lacks its "
-                                       "optimizer/scheduler/RNG state (not exact; warned and recorded)."})
+    allow_partial_resume: bool = field(default=False, metadata={"help": "Resume from a checkpoint without its "
+                                       "optimizer/scheduler/RNG state or saved with another model head or batch size "
+                                       "(not exact; warned and recorded)."})
 
     def __post_init__(self):
         if self.dataloader_pin_memory and not torch.cuda.is_available():
@@ -165,7 +166,7 @@ class HViTTrainer(Trainer):
         target.load_state_dict(loaded.state_dict())
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        """`Trainer.train`; a checkpoint to resume from must be complete and intact (`checkpoint.resume_checkpoint`)."""
+        """`Trainer.train`, after checking the checkpoint to resume from (`checkpoint.resume_checkpoint`)."""
         return super().train(resume_checkpoint(self, resume_from_checkpoint), *args, **kwargs)
 
     def _load_best_model(self) -> None:

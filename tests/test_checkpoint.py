@@ -139,6 +139,18 @@ def test_resume_refuses_a_same_size_corrupted_file(full_run, tmp_path, name):
         trainer.train(resume_from_checkpoint=str(ckpt))
 
 
+def test_loading_a_corrupted_best_checkpoint_is_refused(full_run, tmp_path):
+    """`load_best_model_at_end` reads the best checkpoint's weights: verified first."""
+    ckpt = _checkpoint_copy(full_run, tmp_path)
+    trainer = _tiny_trainer(tmp_path / "resumed")
+    trainer.state.best_model_checkpoint = str(ckpt)
+    trainer._load_best_model()  # intact: loads (the weights are no longer the initial ones)
+    assert not _same(trainer.model.state_dict(), _tiny_trainer(tmp_path / "init").model.state_dict())
+    _zero_bytes(ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors differs"):
+        trainer._load_best_model()
+
+
 def test_resume_without_manifest_still_works_and_matches(full_run, tmp_path, caplog):
     """A checkpoint saved before manifests existed: one warning line, and the exact resume."""
     ckpt = _checkpoint_copy(full_run, tmp_path)
