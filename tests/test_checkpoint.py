@@ -182,6 +182,8 @@ def test_verify_manifest_on_a_saved_model_folder(tmp_path, caplog):
     with pytest.raises(CheckpointError, match="model.safetensors differs"):
         verify_manifest(folder)
     assert checkpoint_cli(["verify", str(folder)]) == 1
+    assert checkpoint_cli(["write", str(folder)]) == 0  # a change made on purpose, re-recorded
+    assert checkpoint_cli(["verify", str(folder)]) == 0 and _sha256sum_check(folder).returncode == 0
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json is missing"):
         verify_manifest(folder)
