@@ -20,6 +20,9 @@ logger = logging.get_logger(__name__)
 
 # Backbones built without their pooler: ViT/DeiT `pooler_output` is tanh(dense(CLS)), never trained here.
 _NO_POOLER = ("vit", "deit")
+# Backbone parameters the forward never uses (DINOv2 builds `embeddings.mask_token` for masked-image
+# pre-training): frozen, so that DDP with find_unused_parameters=False sees a gradient for every trainable one.
+_UNUSED_PARAMETERS = ("mask_token",)
 
 
 @dataclass
@@ -95,6 +98,9 @@ class HViTModel(HViTPreTrainedModel):
         return bb.encoder.layer if hasattr(bb, "encoder") else bb.layers
 
     def _freeze(self) -> None:
+        for name, param in self.backbone.named_parameters():
+            if name.rsplit(".", 1)[-1] in _UNUSED_PARAMETERS:
+                param.requires_grad_(False)
         if self.config.freeze_patch_embed:
             self.patch_embedding().requires_grad_(False)
         blocks = self.blocks()

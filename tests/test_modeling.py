@@ -115,6 +115,41 @@ def test_freezing(pixels):
         tiny_model(freeze_blocks=3)
 
 
+TIMM_VIT = {"model_type": "timm_wrapper", "architecture": "vit_tiny_patch16_224", "num_classes": 0,
+            "model_args": {"img_size": 32, "patch_size": 8, "depth": 2}}
+TIMM_DEIT = {"model_type": "timm_wrapper", "architecture": "deit_tiny_distilled_patch16_224", "num_classes": 0,
+             "model_args": {"img_size": 32, "patch_size": 8, "depth": 2}}
+
+
+def require_timm():
+    try:
+        import timm  # noqa: F401
+    except Exception:
+        pytest.skip("timm cannot be imported here (it needs a working torchvision)")
+
+
+@pytest.mark.parametrize("backbone", [*BACKBONES, "timm_vit", "timm_deit"])
+def test_every_trainable_parameter_gets_a_gradient(backbone, pixels):
+    """DDP with find_unused_parameters=False needs a gradient for every trainable parameter (issue 10.2:
+    DINOv2's mask_token is never used)."""
+    from modeling_hvit.losses import PairwiseCrossEntropyLoss
+
+    if backbone.startswith("timm"):
+        require_timm()
+        cfg = TIMM_VIT if backbone == "timm_vit" else TIMM_DEIT
+        torch.manual_seed(0)
+        model = HViTModel(HViTConfig(backbone_config=dict(cfg), embedding_dim=16))
+    else:
+        model = tiny_model(backbone)
+    model.train()
+    x = torch.cat([pixels, pixels.flip(-1)])  # 3 classes × 2 views
+    loss = PairwiseCrossEntropyLoss("poincare")(model(x).embeddings, torch.tensor([0, 1, 2, 0, 1, 2])).loss
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"trainable parameters without a gradient: {missing}"
+    assert sum(p.requires_grad for p in model.parameters()) > 0
+
+
 def test_config_validation_names_the_field():
     for kw, field in [({"geometry": "hyperboloid"}, "geometry"), ({"curvature": -1.0}, "curvature"),
                       ({"backbone_config": {"model_type": "bert"}}, "model_type")]:
@@ -206,13 +241,8 @@ def test_remote_code_load_in_fresh_process(tmp_path, pixels, backbone, geometry)
 
 
 def test_timm_backbone_when_available(pixels):
-    try:
-        import timm  # noqa: F401
-    except Exception:
-        pytest.skip("timm cannot be imported here (it needs a working torchvision)")
-    cfg = {"model_type": "timm_wrapper", "architecture": "vit_tiny_patch16_224", "num_classes": 0,
-           "model_args": {"img_size": 32, "patch_size": 8, "depth": 2}}
-    model = HViTModel(HViTConfig(backbone_config=cfg, embedding_dim=16)).eval()
+    require_timm()
+    model = HViTModel(HViTConfig(backbone_config=dict(TIMM_VIT), embedding_dim=16)).eval()
     out = model(pixels)
     assert out.embeddings.shape == (3, 16)
     assert not any(p.requires_grad for p in model.backbone.timm_model.patch_embed.parameters())
