@@ -155,11 +155,15 @@ class HViTModel(HViTPreTrainedModel):
 
     # -- construction and saving ----------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, pretrained_backbone_name_or_path: str | os.PathLike, **config_kwargs) -> "HViTModel":
+    def from_backbone(cls, pretrained_backbone_name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                      **config_kwargs) -> "HViTModel":
         """A fresh head on pretrained backbone weights (a Hub id or a local directory).
 
         ViT/DeiT are loaded without their pooler; the backbone's image processor, when it has one, is
         kept so that `save_pretrained` writes it beside the model. `config_kwargs` go to `HViTConfig`.
+        The weights are cast to `dtype`, float32 by default whatever the checkpoint stores: these are
+        training master weights (a bf16 checkpoint would otherwise give bf16 ones, where most small
+        updates round away); mixed precision runs on top of them. The head is float32 always.
         """
         name = str(pretrained_backbone_name_or_path)
         backbone_config = AutoConfig.from_pretrained(name)
@@ -167,7 +171,7 @@ class HViTModel(HViTPreTrainedModel):
             raise ValueError(f"{name}: backbone model_type {backbone_config.model_type!r} is not supported "
                              "(expected vit, deit, dinov2 or timm_wrapper)")
         kwargs = {"add_pooling_layer": False} if backbone_config.model_type in _NO_POOLER else {}
-        backbone = AutoModel.from_pretrained(name, **kwargs)
+        backbone = AutoModel.from_pretrained(name, dtype=dtype, **kwargs)
         config_kwargs.setdefault("backbone_hidden_size", getattr(backbone_config, "hidden_size", None)
                                  or backbone.timm_model.num_features)
         model = cls(HViTConfig(backbone_config=backbone.config, **config_kwargs))

@@ -206,6 +206,24 @@ def test_from_backbone_loads_pretrained_weights(tmp_path, pixels):
     assert proc["image_mean"] == [0.1, 0.2, 0.3]  # the backbone's processor, not a default
 
 
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_from_backbone_builds_float32_from_a_bf16_checkpoint(tmp_path, backbone, pixels):
+    """Issue 10.6: transformers 5 loads with dtype="auto"; bf16 master weights would round lr-1e-5 updates away."""
+    cfg = dict(BACKBONES[backbone])
+    torch.manual_seed(4)
+    src = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).to(torch.bfloat16)
+    src.save_pretrained(tmp_path / "bb")
+    assert json.loads((tmp_path / "bb" / "config.json").read_text())["dtype"] == "bfloat16"
+    model = HViTModel.from_backbone(tmp_path / "bb", embedding_dim=8)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ref = src.state_dict()
+    for name, value in model.backbone.state_dict().items():  # the weights are the checkpoint's, upcast
+        torch.testing.assert_close(value, ref[name].float(), rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "hvit")
+    back = HViTModel.from_pretrained(tmp_path / "hvit")
+    assert {p.dtype for p in back.parameters()} == {torch.float32}
+
+
 def test_pipeline_returns_embeddings(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
