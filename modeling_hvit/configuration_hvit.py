@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -90,10 +92,12 @@ class HViTConfig(PreTrainedConfig):
                 f"HViTConfig.backbone_config.model_type must be one of {BACKBONE_TYPES}, "
                 f"got {self.backbone_config.model_type!r}"
             )
-        if self.curvature <= 0:
-            raise ValueError(f"HViTConfig.curvature must be > 0, got {self.curvature}")
-        if self.clip_radius is not None and self.clip_radius <= 0:
-            raise ValueError(f"HViTConfig.clip_radius must be > 0 or None, got {self.clip_radius}")
+        if not (math.isfinite(self.curvature) and self.curvature > 0):
+            raise ValueError(f"HViTConfig.curvature must be a finite number > 0, got {self.curvature}")
+        if self.clip_radius is not None and not (math.isfinite(self.clip_radius) and self.clip_radius > 0):
+            raise ValueError(f"HViTConfig.clip_radius must be a finite number > 0 or None, got {self.clip_radius}")
+        if self.delta_rel is not None and not (math.isfinite(self.delta_rel) and self.delta_rel >= 0):
+            raise ValueError(f"HViTConfig.delta_rel must be a finite number >= 0 or None, got {self.delta_rel}")
         if self.embedding_dim <= 0:
             raise ValueError(f"HViTConfig.embedding_dim must be > 0, got {self.embedding_dim}")
         if self.freeze_blocks < 0:

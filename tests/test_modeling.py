@@ -151,9 +151,13 @@ def test_every_trainable_parameter_gets_a_gradient(backbone, pixels):
 
 
 def test_config_validation_names_the_field():
+    nan, inf = float("nan"), float("inf")
     for kw, field in [({"geometry": "hyperboloid"}, "geometry"), ({"curvature": -1.0}, "curvature"),
+                      ({"curvature": nan}, "curvature"), ({"curvature": inf}, "curvature"),
+                      ({"clip_radius": nan}, "clip_radius"), ({"clip_radius": inf}, "clip_radius"),
+                      ({"clip_radius": 0.0}, "clip_radius"), ({"delta_rel": nan}, "delta_rel"),
                       ({"backbone_config": {"model_type": "bert"}}, "model_type")]:
-        with pytest.raises(Exception, match=field):
+        with pytest.raises(Exception, match=rf"HViTConfig\.(backbone_config\.)?{field} must"):
             HViTConfig(**kw)
     assert HViTConfig(curvature=1).curvature == 1  # ints accepted for float fields
 
