@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedCo
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .configuration_hvit import HViTConfig
+from .configuration_hvit import HViTConfig, is_distilled
 from .hyperbolic import clip_features, expmap0
 
 logger = logging.get_logger(__name__)
@@ -32,7 +32,9 @@ class HViTOutput(ModelOutput):
         embeddings (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`):
             Head output in its geometry (a point of the Poincaré ball, of the unit sphere, or raw), float32.
         encoder_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            The encoder's CLS token after its final LayerNorm (the paper's 384-d features; score with cosine).
+            The encoder's CLS token after its final LayerNorm (the paper's 384-d features; score with cosine);
+            for distilled DeiT in eval mode, by default the mean of the CLS and distillation tokens
+            (`HViTConfig.eval_pooling`).
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
             Encoder tokens (HF backbones).
     """
@@ -111,11 +113,17 @@ class HViTModel(HViTPreTrainedModel):
 
     # -- forward --------------------------------------------------------------------------------
     def forward_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ModelOutput]:
-        """The encoder's CLS feature after its final LayerNorm, and the raw backbone output."""
+        """The encoder feature (normed CLS; see `HViTConfig.eval_pooling` for distilled DeiT), and the raw
+        backbone output."""
         out = self.backbone(pixel_values=pixel_values, **kwargs)
+        tokens = out.last_hidden_state  # after the final LayerNorm; distilled DeiT: [CLS, distillation, patches]
+        if is_distilled(self.config.backbone_config):
+            if self.config.eval_pooling == "cls_distill_mean" and not self.training:
+                return (tokens[:, 0] + tokens[:, 1]) / 2, out
+            return tokens[:, 0], out
         if hasattr(self.backbone, "timm_model"):
             return out.pooler_output, out  # token pooling of a timm ViT = the normed CLS
-        return out.last_hidden_state[:, 0], out
+        return tokens[:, 0], out
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Head: linear map, then clip → expmap0 (poincare) / normalise (sphere); float32 always."""

@@ -42,13 +42,54 @@ def test_output_shapes_and_cls_feature(backbone, pixels):
     assert out.embeddings.shape == (3, 16) and out.embeddings.dtype == torch.float32
     assert out.encoder_embeddings.shape == (3, 32)
     # encoder_embeddings is the CLS token after the final LayerNorm of the backbone run on its own
-    ref = model.backbone(pixel_values=pixels).last_hidden_state[:, 0]
+    # (distilled DeiT in eval mode: the mean of the CLS and distillation tokens, test below)
+    tokens = model.backbone(pixel_values=pixels).last_hidden_state
+    ref = (tokens[:, 0] + tokens[:, 1]) / 2 if backbone == "deit" else tokens[:, 0]
     torch.testing.assert_close(out.encoder_embeddings, ref)
     # the head: Linear → clip(2.3) → expmap0(c = 0.1), written out independently
     z = ref @ model.head.weight.T + model.head.bias
     z = z * torch.clamp(2.3 / z.norm(dim=-1, keepdim=True), max=1.0)
     n = z.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(out.embeddings, torch.tanh(0.1**0.5 * n) * z / (0.1**0.5 * n))
+
+
+def test_distilled_deit_averages_cls_and_distillation_tokens_in_eval_mode(pixels):
+    """Issue 11.3: the original's timm DeiT returns CLS in train mode and (CLS + distillation) / 2 in eval
+    mode, for head embeddings, encoder features and δ features alike (all computed in eval mode)."""
+    from modeling_hvit.evaluation import embed_dataset
+
+    model = tiny_model("deit")
+    assert model.config.eval_pooling == "cls_distill_mean"
+    with torch.no_grad():  # both tokens start at 0; a pretrained DeiT has them apart
+        model.backbone.embeddings.distillation_token.normal_(generator=torch.Generator().manual_seed(2))
+    assert tiny_model("vit").config.eval_pooling == "cls" and tiny_model("dinov2").config.eval_pooling == "cls"
+    with torch.no_grad():
+        tokens = model.backbone(pixel_values=pixels).last_hidden_state.double()
+        cls, dist = tokens[:, 0], tokens[:, 1]
+        assert (cls - dist).abs().max() > 1e-2  # the two tokens differ, so the choice matters
+        mean = ((cls + dist) / 2).float()
+        out = model(pixels)
+        torch.testing.assert_close(out.encoder_embeddings, mean)
+        z = mean.double() @ model.head.weight.double().T + model.head.bias.double()
+        z = z * torch.clamp(2.3 / z.norm(dim=-1, keepdim=True), max=1.0)
+        n = z.norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(out.embeddings, (torch.tanh(0.1**0.5 * n) * z / (0.1**0.5 * n)).float())
+        # the evaluation / δ path (embed_dataset puts the model in eval mode)
+        rows = [{"pixel_values": p, "labels": i} for i, p in enumerate(pixels)]
+        emb, enc, _ = embed_dataset(model.train(), rows, batch_size=2)
+        torch.testing.assert_close(enc, mean)
+        torch.testing.assert_close(emb, out.embeddings)
+        # training mode: CLS (dropout is 0 in the tiny config, so train mode is deterministic)
+        torch.testing.assert_close(model.train()(pixels).encoder_embeddings, cls.float())
+        # the original's behaviour is one option away
+        plain = tiny_model("deit", eval_pooling="cls")
+        plain.load_state_dict(model.state_dict())
+        plain.eval()
+        torch.testing.assert_close(plain(pixels).encoder_embeddings, cls.float())
+    with pytest.raises(Exception, match="HViTConfig.eval_pooling='cls_distill_mean' needs a distilled DeiT"):
+        HViTConfig(backbone_config=dict(BACKBONES["vit"]), eval_pooling="cls_distill_mean")
+    with pytest.raises(Exception, match="HViTConfig.eval_pooling must be one of"):
+        HViTConfig(eval_pooling="mean")
 
 
 def test_vit_and_deit_built_without_pooler():
@@ -250,7 +291,7 @@ REMOTE_SCRIPT = BLOCK_HVIT_IMPORT + textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("backbone,geometry", [("vit", "poincare"), ("dinov2", "sphere")])
+@pytest.mark.parametrize("backbone,geometry", [("vit", "poincare"), ("dinov2", "sphere"), ("deit", "poincare")])
 def test_remote_code_load_in_fresh_process(tmp_path, pixels, backbone, geometry):
     model = tiny_model(backbone, geometry=geometry)
     model.save_pretrained(tmp_path / "model")
