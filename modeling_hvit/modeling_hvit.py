@@ -179,7 +179,11 @@ class HViTModel(HViTPreTrainedModel):
             raise ValueError(f"{name}: backbone model_type {backbone_config.model_type!r} is not supported "
                              "(expected vit, deit, dinov2 or timm_wrapper)")
         kwargs = {"add_pooling_layer": False} if backbone_config.model_type in _NO_POOLER else {}
-        backbone = AutoModel.from_pretrained(name, dtype=dtype, **kwargs)
+        backbone, info = AutoModel.from_pretrained(name, dtype=dtype, output_loading_info=True, **kwargs)
+        absent = sorted(set(info.get("missing_keys", ())) | {str(k) for k in info.get("mismatched_keys", ())})
+        if absent:  # those would train from random init; unexpected keys (pooler, classifier) are dropped on purpose
+            raise ValueError(f"{name}: backbone weights missing from the checkpoint or of another shape: "
+                             f"{', '.join(absent[:8])}{' …' if len(absent) > 8 else ''}")
         config_kwargs.setdefault("backbone_hidden_size", getattr(backbone_config, "hidden_size", None)
                                  or backbone.timm_model.num_features)
         model = cls(HViTConfig(backbone_config=backbone.config, **config_kwargs))
@@ -193,14 +197,15 @@ class HViTModel(HViTPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
         try:
             model.image_processor = AutoImageProcessor.from_pretrained(
                 pretrained_model_name_or_path, **{k: kwargs[k] for k in ("cache_dir", "revision", "token") if k in kwargs}
             )
         except (OSError, ValueError):
             model.image_processor = None
-        return model
+        return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
         """Weights and config as usual, plus the backbone's image processor (a default one if unknown)."""
