@@ -81,6 +81,16 @@ def test_hvit_checkpoint_with_wrong_weights_is_refused(tmp_path, drop, add, name
         load_model(tmp_path / "m", what="--model")
 
 
+def test_hvit_checkpoint_through_its_saved_code(tmp_path, pixels):
+    ref = save_hvit(tmp_path / "m")
+    model = load_model(tmp_path / "m", trust_remote_code=True).eval()  # AutoModel (hvit registered here)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels).embeddings, ref(pixels).embeddings, rtol=0, atol=0)
+    edit_weights(tmp_path / "m", drop=["head.weight"])
+    with pytest.raises(ValueError, match="missing keys: head.weight"):
+        load_model(tmp_path / "m", trust_remote_code=True)
+
+
 # ---- plain backbones: the pretrained encoder, a fresh head ----------------------------------------------
 @pytest.mark.parametrize("family", list(BACKBONES))
 def test_plain_backbone_gives_its_pretrained_features(tmp_path, family, pixels):
