@@ -92,6 +92,20 @@ def test_distilled_deit_averages_cls_and_distillation_tokens_in_eval_mode(pixels
         HViTConfig(eval_pooling="mean")
 
 
+def test_timm_distilled_deit_pooling_when_available(pixels):
+    """timm's own pooled output averages the two tokens in train mode too; HViT follows the original: CLS in
+    train mode, the mean in eval mode."""
+    require_timm()
+    torch.manual_seed(0)
+    model = HViTModel(HViTConfig(backbone_config=dict(TIMM_DEIT), embedding_dim=16))
+    assert model.config.eval_pooling == "cls_distill_mean"
+    with torch.no_grad():
+        model.backbone.timm_model.dist_token.normal_()
+        tokens = model.backbone.timm_model.eval().forward_features(pixels)  # normed; [CLS, distillation, ...]
+        torch.testing.assert_close(model.eval()(pixels).encoder_embeddings, (tokens[:, 0] + tokens[:, 1]) / 2)
+        torch.testing.assert_close(model.train()(pixels).encoder_embeddings, tokens[:, 0])
+
+
 def test_vit_and_deit_built_without_pooler():
     for bb in ("vit", "deit"):
         assert not any("pooler" in n for n, _ in tiny_model(bb).named_parameters())
