@@ -41,7 +41,7 @@ _LOAD_KEYS = ("missing_keys", "unexpected_keys", "mismatched_keys")
 def _looks_like_path(name: str) -> bool:
     if name.startswith((".", "/", "~")) or os.path.isabs(name):
         return True
-    if "/" not in name and "\\" not in name and not (os.sep in name or (os.altsep and os.altsep in name)):
+    if "/" not in name and "\\" not in name:  # covers os.sep and os.altsep on every OS
         return False
     if not _REPO_ID.match(name):  # a/b/c, runs\x (a backslash is never in a Hub id)
         return True
@@ -71,8 +71,8 @@ def _format_keys(keys: Any, limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _check_loading_info(name: str, info: dict[str, Any], kinds: tuple[str, ...] = _LOAD_KEYS) -> None:
-    problems = [f"{kind.replace('_', ' ')}: {_format_keys(info[kind])}" for kind in kinds if info.get(kind)]
+def _check_loading_info(name: str, info: dict[str, Any]) -> None:
+    problems = [f"{kind.replace('_', ' ')}: {_format_keys(info[kind])}" for kind in _LOAD_KEYS if info.get(kind)]
     if problems:
         raise ValueError(f"{name}: the checkpoint's weights do not match the model ({'; '.join(problems)}); "
                          "refusing to run with randomly initialised weights")
