@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -12,6 +14,15 @@ logger = logging.get_logger(__name__)
 
 GEOMETRIES = ("poincare", "sphere", "euclidean")
 BACKBONE_TYPES = ("vit", "deit", "dinov2", "timm_wrapper")
+EVAL_POOLINGS = ("cls", "cls_distill_mean")
+
+
+def is_distilled(backbone_config: PreTrainedConfig) -> bool:
+    """Whether the backbone has a distillation token after CLS: HF `deit` (DeiTModel always builds one; plain
+    DeiT checkpoints are `vit`) or a timm `*distilled*` architecture."""
+    if backbone_config.model_type == "deit":
+        return True
+    return backbone_config.model_type == "timm_wrapper" and "distilled" in str(getattr(backbone_config, "architecture", ""))
 
 
 @strict
@@ -42,6 +53,11 @@ class HViTConfig(PreTrainedConfig):
         delta_rel (`float`, *optional*):
             Relative δ-hyperbolicity of the training features, recorded when the curvature was
             estimated from it (`train_hvit.py --curvature auto`).
+        eval_pooling (`str`, *optional*):
+            Encoder feature in eval mode: `"cls"` (the CLS token) or `"cls_distill_mean"` (the mean of the CLS
+            and distillation tokens, for distilled DeiT only). Training mode always uses CLS. `None` picks
+            `"cls_distill_mean"` for distilled DeiT, as the original code's timm DeiT does in eval mode (so its
+            evaluation, encoder features and δ use the mean), and `"cls"` for every other backbone.
 
     Example:
 
@@ -65,6 +81,7 @@ class HViTConfig(PreTrainedConfig):
     freeze_blocks: int = 0
     backbone_hidden_size: int | None = None
     delta_rel: float | int | None = None
+    eval_pooling: str | None = None
 
     def __post_init__(self, **kwargs):
         if isinstance(self.backbone_config, dict):
@@ -79,6 +96,8 @@ class HViTConfig(PreTrainedConfig):
             )
         if self.backbone_hidden_size is None:
             self.backbone_hidden_size = getattr(self.backbone_config, "hidden_size", None)
+        if self.eval_pooling is None:
+            self.eval_pooling = "cls_distill_mean" if is_distilled(self.backbone_config) else "cls"
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -90,14 +109,21 @@ class HViTConfig(PreTrainedConfig):
                 f"HViTConfig.backbone_config.model_type must be one of {BACKBONE_TYPES}, "
                 f"got {self.backbone_config.model_type!r}"
             )
-        if self.curvature <= 0:
-            raise ValueError(f"HViTConfig.curvature must be > 0, got {self.curvature}")
-        if self.clip_radius is not None and self.clip_radius <= 0:
-            raise ValueError(f"HViTConfig.clip_radius must be > 0 or None, got {self.clip_radius}")
+        if not (math.isfinite(self.curvature) and self.curvature > 0):
+            raise ValueError(f"HViTConfig.curvature must be a finite number > 0, got {self.curvature}")
+        if self.clip_radius is not None and not (math.isfinite(self.clip_radius) and self.clip_radius > 0):
+            raise ValueError(f"HViTConfig.clip_radius must be a finite number > 0 or None, got {self.clip_radius}")
+        if self.delta_rel is not None and not (math.isfinite(self.delta_rel) and self.delta_rel >= 0):
+            raise ValueError(f"HViTConfig.delta_rel must be a finite number >= 0 or None, got {self.delta_rel}")
+        if self.eval_pooling not in EVAL_POOLINGS:
+            raise ValueError(f"HViTConfig.eval_pooling must be one of {EVAL_POOLINGS}, got {self.eval_pooling!r}")
+        if self.eval_pooling == "cls_distill_mean" and not is_distilled(self.backbone_config):
+            raise ValueError("HViTConfig.eval_pooling='cls_distill_mean' needs a distilled DeiT backbone "
+                             f"(a distillation token), got model_type {self.backbone_config.model_type!r}")
         if self.embedding_dim <= 0:
             raise ValueError(f"HViTConfig.embedding_dim must be > 0, got {self.embedding_dim}")
         if self.freeze_blocks < 0:
             raise ValueError(f"HViTConfig.freeze_blocks must be >= 0, got {self.freeze_blocks}")
 
 
-__all__ = ["HViTConfig"]
+__all__ = ["HViTConfig", "is_distilled"]

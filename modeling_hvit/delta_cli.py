@@ -4,7 +4,8 @@
     python -m modeling_hvit.delta --model facebook/dino-vits16 --dataset cub --data_dir /data/CUB_200_2011
     python -m modeling_hvit.delta --features train_features.npy --n 2000 --draws 100
 
-With ``--model`` (an HViT directory or Hub id) the train split is embedded with the model's encoder
+With ``--model`` (an HViT model or a plain backbone such as ``facebook/dino-vits16``; directory or Hub id,
+``loading.load_model``) the train split is embedded with the model's encoder
 (``.encoder_embeddings``: the CLS feature, 384-d for ViT-S) after the eval transform (resize, center
 crop, the model's own normalisation); ``--features`` (.npy or .pt, shape (N, D)) skips the model.
 """
@@ -62,10 +63,10 @@ def model_features(model_name: str, dataset: str, data_dir: str | None = None, *
     through the evaluation transform and ``evaluation.embed_dataset``."""
     from .data import build_dataset
     from .evaluation import embed_dataset
-    from .modeling_hvit import HViTModel
+    from .loading import load_model
     from .transforms import transforms_for_model, with_image_transform
 
-    model = HViTModel.from_pretrained(model_name)
+    model = load_model(model_name, what="--model")
     dsd = build_dataset(dataset, data_dir)
     if split not in dsd:
         raise ValueError(f"dataset {dataset!r} has no split {split!r} (splits: {list(dsd)})")
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m modeling_hvit.delta", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="HViT model directory or Hub id (its encoder embeds the images)")
+    src.add_argument("--model", help="HViT model or plain backbone, directory or Hub id (its encoder embeds the images)")
     src.add_argument("--features", help="precomputed (N, D) features, .npy or .pt")
     p.add_argument("--dataset", help="dataset name for data.build_dataset (cub, cars, sop, inshop, demo, …)")
     p.add_argument("--data_dir", help="the dataset's folder or archive")

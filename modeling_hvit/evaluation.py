@@ -149,15 +149,9 @@ def _hierarchy_column(ds, wanted: str | None) -> str | None:
 
 
 def _load_model(args: EvalArguments):
-    from .modeling_hvit import HViTModel
+    from .loading import load_model
 
-    if args.trust_remote_code:
-        from transformers import AutoModel
-
-        return AutoModel.from_pretrained(args.model, trust_remote_code=True)
-    if Path(args.model).exists() and not (Path(args.model) / "config.json").is_file():
-        raise FileNotFoundError(f"--model {args.model}: no config.json there (expected a save_pretrained folder)")
-    return HViTModel.from_pretrained(args.model)
+    return load_model(args.model, what="--model", trust_remote_code=args.trust_remote_code)
 
 
 def _prepare(model, args: EvalArguments, dataset: str, ds):

@@ -61,11 +61,20 @@ def _norm(x: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
     return x.pow(2).sum(-1, keepdim=keepdim).clamp_min(MIN_NORM**2).sqrt()
 
 
+def _check_positive(value: float, name: str) -> float:
+    """A finite number > 0, or a ValueError naming it (NaN and inf fail here, not as NaN embeddings later)."""
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
 def _sqrt_c(c: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """√c as a 0-d tensor of ``like``'s dtype and device. A Python c is checked on the host and written by
+    a fill kernel (``new_full``), not copied from host memory: no host↔device sync in the forward. A tensor
+    c is used as given (checking its value would sync)."""
     if not torch.is_tensor(c):
-        if c <= 0:
-            raise ValueError(f"curvature c must be > 0 for the Poincaré ball, got {c}")
-        return torch.tensor(math.sqrt(c), dtype=like.dtype, device=like.device)
+        return like.new_full((), math.sqrt(_check_positive(c, "curvature c")))
     return c.to(like).sqrt()
 
 
@@ -82,6 +91,8 @@ def project(x: torch.Tensor, c: float | torch.Tensor, eps: float | None = None) 
     with _no_autocast(x.device):
         sc = _sqrt_c(c, x)
         eps = BALL_EPS.get(x.dtype, 4e-3) if eps is None else eps
+        if not 0 <= eps < 1:
+            raise ValueError(f"projection margin eps must be in [0, 1), got {eps}")
         maxnorm = (1 - eps) / sc
         norm = _norm(x)
         return torch.where(norm > maxnorm, x / norm * maxnorm, x)
@@ -89,6 +100,8 @@ def project(x: torch.Tensor, c: float | torch.Tensor, eps: float | None = None) 
 
 def clip_features(x: torch.Tensor, r: float = 2.3) -> torch.Tensor:
     """Feature clipping (Guo et al., CVPR 2022): x ← min(1, r/‖x‖)·x, applied before ``expmap0``."""
+    if not torch.is_tensor(r):
+        _check_positive(r, "clip radius r")
     (x,) = _fp32(x)
     with _no_autocast(x.device):
         return x * (r / _norm(x)).clamp_max(1.0)
@@ -171,8 +184,9 @@ class _PairwiseDistance(torch.autograd.Function):
         x2, y2 = xw.pow(2).sum(-1), yw.pow(2).sum(-1)
         sq = torch.addmm(x2[:, None], xw, yw.T, alpha=-2).add_(y2).to(out)
         # The Gram form resolves ‖x−y‖² only down to its rounding noise, ~GRAM_NOISE·(‖x‖² + ‖y‖²):
-        # below that the pair counts as coincident (distance 0, zero gradient).
-        floor = GRAM_NOISE[work] * float(x2.max() + y2.max()) + MIN_SQDIST
+        # below that the pair counts as coincident (distance 0, zero gradient). Kept on the device
+        # (float64, then rounded like a Python float would be) so that no value is read back to the host.
+        floor = ((x2.max() + y2.max()).double() * GRAM_NOISE[work] + MIN_SQDIST).to(out)
         cx = (1 - sc**2 * x2.to(out)).clamp_min(MIN_CONFORMAL)
         cy = (1 - sc**2 * y2.to(out)).clamp_min(MIN_CONFORMAL)
         s, t = cx.rsqrt(), cy.rsqrt()
@@ -212,9 +226,7 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, c: float |
     """
     y = x if y is None else y
     x, y = _fp32(x, y)
-    sc = math.sqrt(float(c))
-    if sc <= 0:
-        raise ValueError(f"curvature c must be > 0 for the Poincaré ball, got {c}")
+    sc = math.sqrt(_check_positive(c, "curvature c"))
     work = torch.float64 if exact else torch.promote_types(x.dtype, y.dtype)
     with _no_autocast(x.device):
         return _PairwiseDistance.apply(x, y, sc, work)

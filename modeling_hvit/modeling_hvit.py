@@ -13,13 +13,16 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedCo
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .configuration_hvit import HViTConfig
+from .configuration_hvit import HViTConfig, is_distilled
 from .hyperbolic import clip_features, expmap0
 
 logger = logging.get_logger(__name__)
 
 # Backbones built without their pooler: ViT/DeiT `pooler_output` is tanh(dense(CLS)), never trained here.
 _NO_POOLER = ("vit", "deit")
+# Backbone parameters the forward never uses (DINOv2 builds `embeddings.mask_token` for masked-image
+# pre-training): frozen, so that DDP with find_unused_parameters=False sees a gradient for every trainable one.
+_UNUSED_PARAMETERS = ("mask_token",)
 
 
 @dataclass
@@ -29,7 +32,9 @@ class HViTOutput(ModelOutput):
         embeddings (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`):
             Head output in its geometry (a point of the Poincaré ball, of the unit sphere, or raw), float32.
         encoder_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            The encoder's CLS token after its final LayerNorm (the paper's 384-d features; score with cosine).
+            The encoder's CLS token after its final LayerNorm (the paper's 384-d features; score with cosine);
+            for distilled DeiT in eval mode, by default the mean of the CLS and distillation tokens
+            (`HViTConfig.eval_pooling`).
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
             Encoder tokens (HF backbones).
     """
@@ -95,6 +100,9 @@ class HViTModel(HViTPreTrainedModel):
         return bb.encoder.layer if hasattr(bb, "encoder") else bb.layers
 
     def _freeze(self) -> None:
+        for name, param in self.backbone.named_parameters():
+            if name.rsplit(".", 1)[-1] in _UNUSED_PARAMETERS:
+                param.requires_grad_(False)
         if self.config.freeze_patch_embed:
             self.patch_embedding().requires_grad_(False)
         blocks = self.blocks()
@@ -104,12 +112,18 @@ class HViTModel(HViTPreTrainedModel):
             block.requires_grad_(False)
 
     # -- forward --------------------------------------------------------------------------------
-    def encode(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ModelOutput]:
-        """The encoder's CLS feature after its final LayerNorm, and the raw backbone output."""
+    def forward_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ModelOutput]:
+        """The encoder feature (normed CLS; see `HViTConfig.eval_pooling` for distilled DeiT), and the raw
+        backbone output."""
         out = self.backbone(pixel_values=pixel_values, **kwargs)
+        tokens = out.last_hidden_state  # after the final LayerNorm; distilled DeiT: [CLS, distillation, patches]
+        if is_distilled(self.config.backbone_config):
+            if self.config.eval_pooling == "cls_distill_mean" and not self.training:
+                return (tokens[:, 0] + tokens[:, 1]) / 2, out
+            return tokens[:, 0], out
         if hasattr(self.backbone, "timm_model"):
             return out.pooler_output, out  # token pooling of a timm ViT = the normed CLS
-        return out.last_hidden_state[:, 0], out
+        return tokens[:, 0], out
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Head: linear map, then clip → expmap0 (poincare) / normalise (sphere); float32 always."""
@@ -138,7 +152,7 @@ class HViTModel(HViTPreTrainedModel):
             extra["output_attentions"] = output_attentions
         if interpolate_pos_encoding is not None and self.config.backbone_config.model_type in _NO_POOLER:
             extra["interpolate_pos_encoding"] = interpolate_pos_encoding
-        features, out = self.encode(pixel_values, **extra)
+        features, out = self.forward_features(pixel_values, **extra)
         return HViTOutput(
             embeddings=self.project(features),
             encoder_embeddings=features,
@@ -149,11 +163,15 @@ class HViTModel(HViTPreTrainedModel):
 
     # -- construction and saving ----------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, pretrained_backbone_name_or_path: str | os.PathLike, **config_kwargs) -> "HViTModel":
+    def from_backbone(cls, pretrained_backbone_name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                      **config_kwargs) -> "HViTModel":
         """A fresh head on pretrained backbone weights (a Hub id or a local directory).
 
         ViT/DeiT are loaded without their pooler; the backbone's image processor, when it has one, is
         kept so that `save_pretrained` writes it beside the model. `config_kwargs` go to `HViTConfig`.
+        The weights are cast to `dtype`, float32 by default whatever the checkpoint stores: these are
+        training master weights (a bf16 checkpoint would otherwise give bf16 ones, where most small
+        updates round away); mixed precision runs on top of them. The head is float32 always.
         """
         name = str(pretrained_backbone_name_or_path)
         backbone_config = AutoConfig.from_pretrained(name)
@@ -161,7 +179,11 @@ class HViTModel(HViTPreTrainedModel):
             raise ValueError(f"{name}: backbone model_type {backbone_config.model_type!r} is not supported "
                              "(expected vit, deit, dinov2 or timm_wrapper)")
         kwargs = {"add_pooling_layer": False} if backbone_config.model_type in _NO_POOLER else {}
-        backbone = AutoModel.from_pretrained(name, **kwargs)
+        backbone, info = AutoModel.from_pretrained(name, dtype=dtype, output_loading_info=True, **kwargs)
+        absent = sorted(set(info.get("missing_keys", ())) | {str(k) for k in info.get("mismatched_keys", ())})
+        if absent:  # those would train from random init; unexpected keys (pooler, classifier) are dropped on purpose
+            raise ValueError(f"{name}: backbone weights missing from the checkpoint or of another shape: "
+                             f"{', '.join(absent[:8])}{' …' if len(absent) > 8 else ''}")
         config_kwargs.setdefault("backbone_hidden_size", getattr(backbone_config, "hidden_size", None)
                                  or backbone.timm_model.num_features)
         model = cls(HViTConfig(backbone_config=backbone.config, **config_kwargs))
@@ -175,14 +197,15 @@ class HViTModel(HViTPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
         try:
             model.image_processor = AutoImageProcessor.from_pretrained(
                 pretrained_model_name_or_path, **{k: kwargs[k] for k in ("cache_dir", "revision", "token") if k in kwargs}
             )
         except (OSError, ValueError):
             model.image_processor = None
-        return model
+        return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
         """Weights and config as usual, plus the backbone's image processor (a default one if unknown)."""

@@ -98,7 +98,7 @@ def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
             "clip_radius": margs.clip_radius, "freeze_patch_embed": margs.freeze_patch_embed,
             "freeze_blocks": margs.freeze_blocks}
     if margs.model_name_or_path:
-        return HViTModel.from_pretrained(margs.model_name_or_path)
+        return HViTModel.from_pretrained(margs.model_name_or_path, dtype=torch.float32)  # fp32 master weights
     if margs.backbone.startswith("scratch:"):
         name = margs.backbone.split(":", 1)[1]
         if name not in SCRATCH_BACKBONES:

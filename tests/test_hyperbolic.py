@@ -125,9 +125,57 @@ def test_sphere_and_euclidean_counterparts():
         pairwise_similarity(x, y, "hyperboloid")
 
 
-def test_invalid_curvature():
-    with pytest.raises(ValueError, match="curvature"):
-        H.expmap0(torch.ones(2, 3), 0.0)
+BAD_NUMBERS = [0.0, -1.0, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("c", BAD_NUMBERS)
+def test_invalid_curvature_named_in_every_entry_point(c):
+    """Issue 12.9: NaN/inf passed silently (c = inf gives all-zero embeddings); pairwise_distance(c=-1)
+    failed with 'math domain error'."""
+    x = torch.full((2, 3), 0.1)
+    calls = [lambda: H.expmap0(x, c), lambda: H.logmap0(x, c), lambda: H.project(x, c),
+             lambda: H.mobius_add(x, x, c), lambda: H.distance(x, x, c), lambda: H.pairwise_distance(x, x, c),
+             lambda: H.conformal_factor(x, c), lambda: H.to_lorentz(x, c),
+             lambda: pairwise_similarity(x, x, "poincare", c)]
+    for call in calls:
+        with pytest.raises(ValueError, match="curvature c must be a finite number > 0"):
+            call()
+
+
+@pytest.mark.parametrize("r", BAD_NUMBERS)
+def test_invalid_clip_radius(r):
+    with pytest.raises(ValueError, match="clip radius r must be a finite number > 0"):
+        H.clip_features(torch.ones(2, 3), r)
+
+
+def test_invalid_projection_margin():
+    for eps in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="eps"):
+            H.project(torch.ones(2, 3), 0.1, eps=eps)
+
+
+def test_no_host_device_transfer_in_the_hot_path():
+    """Issue 17.3: the head (clip → expmap0 → project) and the loss's distances must not build a device tensor
+    from host data (``lift_fresh``: an H2D copy on CUDA) nor read a value back (``_local_scalar_dense``: a
+    sync), forward or backward. Checked on CPU by recording the aten ops that would be transfers on a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(12, 8, requires_grad=True)
+    with Record() as rec:
+        y = H.expmap0(H.clip_features(x, 2.3), C)
+        loss = H.pairwise_distance(y, y, C).sum() + H.pairwise_distance(y, y, C, exact=False).sum()
+        loss = loss + pairwise_similarity(y, y, "poincare", C).sum() + H.distance(y, y.flip(0), C).sum()
+        loss.backward()
+    assert len(rec.ops) > 50 and x.grad is not None  # the recorder saw the computation
+    transfers = [op for op in rec.ops if op.split(".")[0] in ("lift_fresh", "_local_scalar_dense", "item")]
+    assert not transfers, transfers
 
 
 # ---- properties (hypothesis) -------------------------------------------------------------------

@@ -42,13 +42,68 @@ def test_output_shapes_and_cls_feature(backbone, pixels):
     assert out.embeddings.shape == (3, 16) and out.embeddings.dtype == torch.float32
     assert out.encoder_embeddings.shape == (3, 32)
     # encoder_embeddings is the CLS token after the final LayerNorm of the backbone run on its own
-    ref = model.backbone(pixel_values=pixels).last_hidden_state[:, 0]
+    # (distilled DeiT in eval mode: the mean of the CLS and distillation tokens, test below)
+    tokens = model.backbone(pixel_values=pixels).last_hidden_state
+    ref = (tokens[:, 0] + tokens[:, 1]) / 2 if backbone == "deit" else tokens[:, 0]
     torch.testing.assert_close(out.encoder_embeddings, ref)
     # the head: Linear → clip(2.3) → expmap0(c = 0.1), written out independently
     z = ref @ model.head.weight.T + model.head.bias
     z = z * torch.clamp(2.3 / z.norm(dim=-1, keepdim=True), max=1.0)
     n = z.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(out.embeddings, torch.tanh(0.1**0.5 * n) * z / (0.1**0.5 * n))
+
+
+def test_distilled_deit_averages_cls_and_distillation_tokens_in_eval_mode(pixels):
+    """Issue 11.3: the original's timm DeiT returns CLS in train mode and (CLS + distillation) / 2 in eval
+    mode, for head embeddings, encoder features and δ features alike (all computed in eval mode)."""
+    from modeling_hvit.evaluation import embed_dataset
+
+    model = tiny_model("deit")
+    assert model.config.eval_pooling == "cls_distill_mean"
+    with torch.no_grad():  # both tokens start at 0; a pretrained DeiT has them apart
+        model.backbone.embeddings.distillation_token.normal_(generator=torch.Generator().manual_seed(2))
+    assert tiny_model("vit").config.eval_pooling == "cls" and tiny_model("dinov2").config.eval_pooling == "cls"
+    with torch.no_grad():
+        tokens = model.backbone(pixel_values=pixels).last_hidden_state.double()
+        cls, dist = tokens[:, 0], tokens[:, 1]
+        assert (cls - dist).abs().max() > 1e-2  # the two tokens differ, so the choice matters
+        mean = ((cls + dist) / 2).float()
+        out = model(pixels)
+        torch.testing.assert_close(out.encoder_embeddings, mean)
+        z = mean.double() @ model.head.weight.double().T + model.head.bias.double()
+        z = z * torch.clamp(2.3 / z.norm(dim=-1, keepdim=True), max=1.0)
+        n = z.norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(out.embeddings, (torch.tanh(0.1**0.5 * n) * z / (0.1**0.5 * n)).float())
+        # the evaluation / δ path (embed_dataset puts the model in eval mode)
+        rows = [{"pixel_values": p, "labels": i} for i, p in enumerate(pixels)]
+        emb, enc, _ = embed_dataset(model.train(), rows, batch_size=2)
+        torch.testing.assert_close(enc, mean)
+        torch.testing.assert_close(emb, out.embeddings)
+        # training mode: CLS (dropout is 0 in the tiny config, so train mode is deterministic)
+        torch.testing.assert_close(model.train()(pixels).encoder_embeddings, cls.float())
+        # the original's behaviour is one option away
+        plain = tiny_model("deit", eval_pooling="cls")
+        plain.load_state_dict(model.state_dict())
+        plain.eval()
+        torch.testing.assert_close(plain(pixels).encoder_embeddings, cls.float())
+    with pytest.raises(Exception, match="HViTConfig.eval_pooling='cls_distill_mean' needs a distilled DeiT"):
+        HViTConfig(backbone_config=dict(BACKBONES["vit"]), eval_pooling="cls_distill_mean")
+    with pytest.raises(Exception, match="HViTConfig.eval_pooling must be one of"):
+        HViTConfig(eval_pooling="mean")
+
+
+def test_timm_distilled_deit_pooling_when_available(pixels):
+    """timm's own pooled output averages the two tokens in train mode too; HViT follows the original: CLS in
+    train mode, the mean in eval mode."""
+    require_timm()
+    torch.manual_seed(0)
+    model = HViTModel(HViTConfig(backbone_config=dict(TIMM_DEIT), embedding_dim=16))
+    assert model.config.eval_pooling == "cls_distill_mean"
+    with torch.no_grad():
+        model.backbone.timm_model.dist_token.normal_()
+        tokens = model.backbone.timm_model.eval().forward_features(pixels)  # normed; [CLS, distillation, ...]
+        torch.testing.assert_close(model.eval()(pixels).encoder_embeddings, (tokens[:, 0] + tokens[:, 1]) / 2)
+        torch.testing.assert_close(model.train()(pixels).encoder_embeddings, tokens[:, 0])
 
 
 def test_vit_and_deit_built_without_pooler():
@@ -115,10 +170,49 @@ def test_freezing(pixels):
         tiny_model(freeze_blocks=3)
 
 
+TIMM_VIT = {"model_type": "timm_wrapper", "architecture": "vit_tiny_patch16_224", "num_classes": 0,
+            "model_args": {"img_size": 32, "patch_size": 8, "depth": 2}}
+TIMM_DEIT = {"model_type": "timm_wrapper", "architecture": "deit_tiny_distilled_patch16_224", "num_classes": 0,
+             "model_args": {"img_size": 32, "patch_size": 8, "depth": 2}}
+
+
+def require_timm():
+    try:
+        import timm  # noqa: F401
+    except Exception:
+        pytest.skip("timm cannot be imported here (it needs a working torchvision)")
+
+
+@pytest.mark.parametrize("backbone", [*BACKBONES, "timm_vit", "timm_deit"])
+def test_every_trainable_parameter_gets_a_gradient(backbone, pixels):
+    """DDP with find_unused_parameters=False needs a gradient for every trainable parameter (issue 10.2:
+    DINOv2's mask_token is never used)."""
+    from modeling_hvit.losses import PairwiseCrossEntropyLoss
+
+    if backbone.startswith("timm"):
+        require_timm()
+        cfg = TIMM_VIT if backbone == "timm_vit" else TIMM_DEIT
+        torch.manual_seed(0)
+        model = HViTModel(HViTConfig(backbone_config=dict(cfg), embedding_dim=16))
+    else:
+        model = tiny_model(backbone)
+    model.train()
+    x = torch.cat([pixels, pixels.flip(-1)])  # 3 classes × 2 views
+    loss = PairwiseCrossEntropyLoss("poincare")(model(x).embeddings, torch.tensor([0, 1, 2, 0, 1, 2])).loss
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"trainable parameters without a gradient: {missing}"
+    assert sum(p.requires_grad for p in model.parameters()) > 0
+
+
 def test_config_validation_names_the_field():
+    nan, inf = float("nan"), float("inf")
     for kw, field in [({"geometry": "hyperboloid"}, "geometry"), ({"curvature": -1.0}, "curvature"),
+                      ({"curvature": nan}, "curvature"), ({"curvature": inf}, "curvature"),
+                      ({"clip_radius": nan}, "clip_radius"), ({"clip_radius": inf}, "clip_radius"),
+                      ({"clip_radius": 0.0}, "clip_radius"), ({"delta_rel": nan}, "delta_rel"),
                       ({"backbone_config": {"model_type": "bert"}}, "model_type")]:
-        with pytest.raises(Exception, match=field):
+        with pytest.raises(Exception, match=rf"HViTConfig\.(backbone_config\.)?{field} must"):
             HViTConfig(**kw)
     assert HViTConfig(curvature=1).curvature == 1  # ints accepted for float fields
 
@@ -171,6 +265,24 @@ def test_from_backbone_loads_pretrained_weights(tmp_path, pixels):
     assert proc["image_mean"] == [0.1, 0.2, 0.3]  # the backbone's processor, not a default
 
 
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_from_backbone_builds_float32_from_a_bf16_checkpoint(tmp_path, backbone, pixels):
+    """Issue 10.6: transformers 5 loads with dtype="auto"; bf16 master weights would round lr-1e-5 updates away."""
+    cfg = dict(BACKBONES[backbone])
+    torch.manual_seed(4)
+    src = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).to(torch.bfloat16)
+    src.save_pretrained(tmp_path / "bb")
+    assert json.loads((tmp_path / "bb" / "config.json").read_text())["dtype"] == "bfloat16"
+    model = HViTModel.from_backbone(tmp_path / "bb", embedding_dim=8)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ref = src.state_dict()
+    for name, value in model.backbone.state_dict().items():  # the weights are the checkpoint's, upcast
+        torch.testing.assert_close(value, ref[name].float(), rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "hvit")
+    back = HViTModel.from_pretrained(tmp_path / "hvit")
+    assert {p.dtype for p in back.parameters()} == {torch.float32}
+
+
 def test_pipeline_returns_embeddings(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
@@ -193,7 +305,7 @@ REMOTE_SCRIPT = BLOCK_HVIT_IMPORT + textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("backbone,geometry", [("vit", "poincare"), ("dinov2", "sphere")])
+@pytest.mark.parametrize("backbone,geometry", [("vit", "poincare"), ("dinov2", "sphere"), ("deit", "poincare")])
 def test_remote_code_load_in_fresh_process(tmp_path, pixels, backbone, geometry):
     model = tiny_model(backbone, geometry=geometry)
     model.save_pretrained(tmp_path / "model")
@@ -206,13 +318,8 @@ def test_remote_code_load_in_fresh_process(tmp_path, pixels, backbone, geometry)
 
 
 def test_timm_backbone_when_available(pixels):
-    try:
-        import timm  # noqa: F401
-    except Exception:
-        pytest.skip("timm cannot be imported here (it needs a working torchvision)")
-    cfg = {"model_type": "timm_wrapper", "architecture": "vit_tiny_patch16_224", "num_classes": 0,
-           "model_args": {"img_size": 32, "patch_size": 8, "depth": 2}}
-    model = HViTModel(HViTConfig(backbone_config=cfg, embedding_dim=16)).eval()
+    require_timm()
+    model = HViTModel(HViTConfig(backbone_config=dict(TIMM_VIT), embedding_dim=16)).eval()
     out = model(pixels)
     assert out.embeddings.shape == (3, 16)
     assert not any(p.requires_grad for p in model.backbone.timm_model.patch_embed.parameters())
