@@ -78,6 +78,15 @@ def _check_loading_info(name: str, info: dict[str, Any]) -> None:
                          "refusing to run with randomly initialised weights")
 
 
+def _verify_files(folder: Path) -> None:
+    """Weights, config and processor against the folder's sha256 manifest, when it has one (a folder saved
+    by training): a corrupted file is an error naming it, not a silently different model."""
+    from .checkpoint import verify_manifest
+
+    verify_manifest(folder, files=[p.name for p in folder.iterdir() if p.name.startswith("model")
+                                   or p.name in ("config.json", "preprocessor_config.json")])
+
+
 def load_model(name_or_path: str | os.PathLike, *, what: str = "model", dtype: torch.dtype | None = None,
                trust_remote_code: bool = False, revision: str | None = None, token: str | bool | None = None,
                **backbone_head_kwargs: Any) -> PreTrainedModel:
@@ -96,6 +105,8 @@ def load_model(name_or_path: str | os.PathLike, *, what: str = "model", dtype: t
     hub = {k: v for k, v in (("revision", revision), ("token", token)) if v is not None}  # HViT checkpoints
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
         raise FileNotFoundError(f"{what} {name}: no config.json there (expected a save_pretrained folder)")
+    if Path(name).is_dir():
+        _verify_files(Path(name))
     config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
     if config.model_type == "hvit":
         kwargs = {**hub, **({"dtype": dtype} if dtype is not None else {})}

@@ -191,3 +191,18 @@ def test_delta_cli_mistyped_path_exits_with_a_message(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as err:
         main(["--model", "./nope", "--dataset", "demo", "--no_progress"])
     assert err.value.code == 2 and "--model ./nope: no such directory" in capsys.readouterr().err
+
+
+def test_corrupted_weights_in_a_folder_with_a_manifest_are_refused(tmp_path, pixels):
+    from modeling_hvit.checkpoint import CheckpointError, write_manifest
+
+    model = save_hvit(tmp_path / "m")
+    write_manifest(tmp_path / "m")
+    (tmp_path / "m" / "metrics.json").write_text("{}")  # files written later (eval output) do not matter
+    torch.testing.assert_close(load_model(tmp_path / "m").eval()(pixels).embeddings, model.eval()(pixels).embeddings)
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # same size, zeroed tail: loads silently without the manifest
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_model(tmp_path / "m")
