@@ -1,0 +1,149 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Lorentz (hyperboloid) model of curvature −c (c > 0) as small pure tensor functions.
+
+A point is x = (x₀, x_s) with −x₀² + ‖x_s‖² = −1/c and x₀ > 0. As in MERU, only the space components
+x_s (…, d) are stored; the time component x₀ = √(1/c + ‖x_s‖²) is recomputed wherever it is needed, so
+every stored vector lies exactly on the manifold. The origin is x_s = 0.
+
+The ball and the hyperboloid are isometric (SPEC §1): ``ball_to_hyperboloid`` / ``hyperboloid_to_ball``
+convert, and ``distance`` here equals ``hyperbolic.distance`` of the converted points. One convention to
+keep in mind: the ball's ``expmap0(v)`` lies at distance 2‖v‖ from the origin (conformal factor 2 there),
+the hyperboloid's ``expmap0(v)`` at distance ‖v‖, so ``ball_to_hyperboloid(hyperbolic.expmap0(v)) ==
+expmap0(2v)``.
+
+Accuracy. ``arcosh(−c⟨x, y⟩_L)`` loses everything for nearby points (⟨x, y⟩_L ≈ −1/c). Instead the
+distance is taken from the Lorentz norm of the difference, ‖x − y‖²_L = ‖x_s − y_s‖² − (x₀ − y₀)², with
+x₀ − y₀ = (‖x_s‖² − ‖y_s‖²)/(x₀ + y₀) (no cancellation), through d = (2/√c)·asinh(√c‖x − y‖_L / 2), the
+same identity as the ball's (slope 1 at 0: bounded gradients as d → 0). Functions promote inputs to at
+least float32 and run with autocast disabled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .hyperbolic import GRAM_NOISE, MIN_NORM, MIN_SQDIST, _asinh, _fp32, _no_autocast, _norm
+
+SINH_MAX = 15.0  # expmap0: √c‖v‖ clamp (sinh(15) ≈ 1.6e6, far beyond any clipped feature)
+
+__all__ = [
+    "ball_to_hyperboloid",
+    "distance",
+    "expmap0",
+    "hyperboloid_to_ball",
+    "inner",
+    "logmap0",
+    "pairwise_distance",
+    "query_features",
+    "gallery_features",
+    "time_component",
+]
+
+
+def _check_c(c: float) -> float:
+    c = float(c)
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"curvature c must be a finite number > 0 for the hyperboloid, got {c}")
+    return c
+
+
+def time_component(x_s: torch.Tensor, c: float) -> torch.Tensor:
+    """x₀ = √(1/c + ‖x_s‖²), shape ``x_s.shape[:-1]``."""
+    (x_s,) = _fp32(x_s)
+    with _no_autocast(x_s.device):
+        return (1 / _check_c(c) + x_s.pow(2).sum(-1)).sqrt()
+
+
+def expmap0(v: torch.Tensor, c: float) -> torch.Tensor:
+    """Exponential map at the origin, space components: sinh(√c‖v‖)·v/(√c‖v‖); d(origin, ·) = ‖v‖."""
+    (v,) = _fp32(v)
+    sc = math.sqrt(_check_c(c))
+    with _no_autocast(v.device):
+        scn = sc * _norm(v)
+        return torch.sinh(scn.clamp_max(SINH_MAX)) * v / scn
+
+
+def logmap0(x_s: torch.Tensor, c: float) -> torch.Tensor:
+    """Inverse of ``expmap0``: asinh(√c‖x_s‖)·x_s/(√c‖x_s‖)."""
+    (x_s,) = _fp32(x_s)
+    sc = math.sqrt(_check_c(c))
+    with _no_autocast(x_s.device):
+        scn = sc * _norm(x_s)
+        return _asinh(scn) * x_s / scn
+
+
+def inner(x_s: torch.Tensor, y_s: torch.Tensor, c: float) -> torch.Tensor:
+    """Lorentz inner product ⟨x, y⟩_L = −x₀y₀ + x_s·y_s of matching rows (≤ −1/c)."""
+    x_s, y_s = _fp32(x_s, y_s)
+    with _no_autocast(x_s.device):
+        return -time_component(x_s, c) * time_component(y_s, c) + (x_s * y_s).sum(-1)
+
+
+def _from_lorentz_sq(sq: torch.Tensor, sc: float, floor: float = MIN_SQDIST) -> torch.Tensor:
+    """(2/√c)·asinh(√c·‖x − y‖_L / 2); squared norms at or below ``floor`` count as 0 (zero gradient)."""
+    r = sq.clamp_min(floor).sqrt() * (sq > floor)
+    return 2 / sc * _asinh(sc * r / 2)
+
+
+def distance(x_s: torch.Tensor, y_s: torch.Tensor, c: float) -> torch.Tensor:
+    """Geodesic distance between matching rows (broadcasting); shape ``x_s.shape[:-1]``."""
+    x_s, y_s = _fp32(x_s, y_s)
+    sc = math.sqrt(_check_c(c))
+    with _no_autocast(x_s.device):
+        diff = x_s - y_s
+        dt = (diff * (x_s + y_s)).sum(-1) / (time_component(x_s, c) + time_component(y_s, c))  # x₀ − y₀
+        return _from_lorentz_sq(diff.pow(2).sum(-1) - dt.pow(2), sc)
+
+
+def pairwise_distance(x_s: torch.Tensor, y_s: torch.Tensor | None = None, c: float = 0.1,
+                      exact: bool = True) -> torch.Tensor:
+    """All-pairs distance matrix (n, m) from norms and one matrix product (never an n×m×d tensor).
+
+    ``exact`` accumulates norms and the Gram matrix in float64, as ``hyperbolic.pairwise_distance``
+    does (nearby pairs cancel in float32); the result has the inputs' float type (float32 at least).
+    Differentiable in both arguments (plain autograd).
+    """
+    y_s = x_s if y_s is None else y_s
+    x_s, y_s = _fp32(x_s, y_s)
+    sc = math.sqrt(_check_c(c))
+    out = torch.promote_types(x_s.dtype, y_s.dtype)
+    work = torch.float64 if exact else out
+    with _no_autocast(x_s.device):
+        xw, yw = x_s.to(work), y_s.to(work)
+        x2, y2 = xw.pow(2).sum(-1), yw.pow(2).sum(-1)
+        x0, y0 = (1 / sc**2 + x2).sqrt(), (1 / sc**2 + y2).sqrt()
+        sq = torch.addmm(x2[:, None], xw, yw.T, alpha=-2) + y2  # ‖x_s − y_s‖²
+        dt = (x2[:, None] - y2) / (x0[:, None] + y0)  # x₀ − y₀
+        floor = GRAM_NOISE[work] * float(x2.detach().max() + y2.detach().max()) + MIN_SQDIST
+        return _from_lorentz_sq(sq - dt.pow(2), sc, floor).to(out)
+
+
+def ball_to_hyperboloid(p: torch.Tensor, c: float) -> torch.Tensor:
+    """Poincaré-ball points → hyperboloid space components 2p/(1 − c‖p‖²) (the isometry of SPEC §1)."""
+    (p,) = _fp32(p)
+    c = _check_c(c)
+    with _no_autocast(p.device):
+        return 2 * p / (1 - c * p.pow(2).sum(-1, keepdim=True)).clamp_min(MIN_NORM)
+
+
+def hyperboloid_to_ball(x_s: torch.Tensor, c: float) -> torch.Tensor:
+    """Hyperboloid space components → Poincaré-ball points x_s/(1 + √c·x₀) (inverse of the above)."""
+    (x_s,) = _fp32(x_s)
+    sc = math.sqrt(_check_c(c))
+    with _no_autocast(x_s.device):
+        return x_s / (1 + sc * time_component(x_s, c)).unsqueeze(-1)
+
+
+def gallery_features(x_s: torch.Tensor, c: float) -> torch.Tensor:
+    """(x₀, x_s) rows: with ``query_features`` their inner product is ⟨x, y⟩_L (larger = closer), so exact
+    nearest-neighbour search under d is maximum-inner-product search (e.g. a FAISS IP index)."""
+    return torch.cat([time_component(x_s, c).unsqueeze(-1), x_s.float() if x_s.dtype in
+                      (torch.float16, torch.bfloat16) else x_s], dim=-1)
+
+
+def query_features(x_s: torch.Tensor, c: float) -> torch.Tensor:
+    """(−x₀, x_s) rows, the query side of ``gallery_features``."""
+    g = gallery_features(x_s, c)
+    return torch.cat([-g[..., :1], g[..., 1:]], dim=-1)

@@ -1,0 +1,104 @@
+"""Hyperboloid functions against float64 oracles: the ball's textbook distance through the isometry,
+geoopt's Lorentz manifold, and their stated accuracy and gradient guarantees."""
+
+import math
+
+import geoopt
+import numpy as np
+import pytest
+import torch
+
+from modeling_hvit import hyperbolic as H
+from modeling_hvit import lorentz as L
+
+C = 0.1
+
+
+def np_ball_dist(x, y, c):
+    """Textbook Möbius-form ball distance in float64 (SPEC §1)."""
+    xy, x2, y2 = (-x * y).sum(-1, keepdims=True), (x * x).sum(-1, keepdims=True), (y * y).sum(-1, keepdims=True)
+    m = ((1 + 2 * c * xy + c * y2) * -x + (1 - c * x2) * y) / (1 + 2 * c * xy + c**2 * x2 * y2)
+    return 2 / math.sqrt(c) * np.arctanh(math.sqrt(c) * np.linalg.norm(m, axis=-1))
+
+
+def ball_points(n, d=64, seed=0, scale=3.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return H.expmap0(H.clip_features(torch.randn(n, d, generator=g, dtype=dtype) * scale, 2.3), C)
+
+
+def test_points_lie_on_the_hyperboloid():
+    xs = L.expmap0(torch.randn(50, 16, dtype=torch.float64) * 2, C)
+    x0 = L.time_component(xs, C)
+    torch.testing.assert_close(-x0**2 + xs.pow(2).sum(-1), torch.full((50,), -1 / C, dtype=torch.float64))
+    torch.testing.assert_close(L.inner(xs, xs, C), torch.full((50,), -1 / C, dtype=torch.float64))
+
+
+def test_conversions_are_inverse_and_match_the_ball_lift():
+    p = ball_points(100)
+    xs = L.ball_to_hyperboloid(p, C)
+    torch.testing.assert_close(L.hyperboloid_to_ball(xs, C), p, rtol=1e-12, atol=1e-12)
+    lifted = H.to_lorentz(p, C)  # [x₀, x_s] of the existing ball → hyperboloid lift
+    torch.testing.assert_close(xs, lifted[:, 1:], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(L.time_component(xs, C), lifted[:, 0], rtol=1e-10, atol=1e-10)
+
+
+def test_expmap_conventions_and_logmap():
+    v = torch.randn(40, 8, dtype=torch.float64)
+    torch.testing.assert_close(L.ball_to_hyperboloid(H.expmap0(v, C), C), L.expmap0(2 * v, C), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(L.logmap0(L.expmap0(v, C), C), v, rtol=1e-9, atol=1e-9)
+    origin = torch.zeros(1, 8, dtype=torch.float64)
+    torch.testing.assert_close(L.distance(origin, L.expmap0(v, C), C), v.norm(dim=-1), rtol=1e-9, atol=1e-9)
+
+
+def test_distance_equals_ball_distance_through_the_isometry_float32():
+    p, q = ball_points(400, seed=1), ball_points(400, seed=2)
+    scale = 10 ** torch.linspace(-6, -1, 100, dtype=torch.float64)[:, None]
+    q[:100] = p[:100] + scale * torch.randn(100, 64, dtype=torch.float64) / 8  # near pairs at every scale
+    q = H.project(q, C)
+    ref = np_ball_dist(p.numpy(), q.numpy(), C)
+    xs, ys = L.ball_to_hyperboloid(p, C).float(), L.ball_to_hyperboloid(q, C).float()
+    got = L.distance(xs, ys, C).double().numpy()
+    far = ref >= 1e-2
+    assert far.sum() >= 300 and (~far).sum() >= 50
+    assert np.max(np.abs(got[far] - ref[far]) / ref[far]) <= 1e-5
+    # near pairs: no worse than the Poincaré closed form on the same float32 ball points
+    ball = H.distance(p.float(), q.float(), C).double().numpy()
+    near = ~far
+    if near.any():
+        assert np.max(np.abs(got[near] - ref[near])) <= max(1e-6, 1.5 * np.max(np.abs(ball[near] - ref[near])))
+
+
+def test_pairwise_distance_matches_elementwise_and_geoopt():
+    p, q = ball_points(30, d=16, seed=3), ball_points(20, d=16, seed=4)
+    xs, ys = L.ball_to_hyperboloid(p, C), L.ball_to_hyperboloid(q, C)
+    mat = L.pairwise_distance(xs.float(), ys.float(), C).double()
+    ref = np_ball_dist(p.numpy()[:, None], q.numpy()[None], C)
+    np.testing.assert_allclose(mat.numpy(), ref, rtol=1e-5, atol=1e-6)
+    manifold = geoopt.manifolds.Lorentz(k=1 / C)  # −x₀² + ‖x‖² = −k
+    full = lambda z: torch.cat([L.time_component(z, C)[:, None], z], -1)  # noqa: E731
+    np.testing.assert_allclose(manifold.dist(full(xs)[:, None], full(ys)[None]).numpy(), ref, rtol=1e-6)
+    self_d = L.pairwise_distance(xs.float(), c=C)
+    assert torch.all(self_d.diagonal() == 0)
+
+
+def test_inner_product_search_is_exact_nearest_neighbour():
+    g = L.ball_to_hyperboloid(ball_points(500, d=16, seed=5), C)
+    q = L.ball_to_hyperboloid(ball_points(20, d=16, seed=6), C)
+    by_ip = (L.query_features(q, C) @ L.gallery_features(g, C).T).argmax(1)
+    by_d = L.pairwise_distance(q, g, C).argmin(1)
+    assert torch.equal(by_ip, by_d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_finite_at_origin_large_norms_and_coincident_points(dtype):
+    v = torch.cat([torch.zeros(2, 8), torch.randn(4, 8) * 1e3, torch.randn(4, 8)]).to(dtype).requires_grad_()
+    xs = L.expmap0(v, C)
+    d = L.pairwise_distance(xs, c=C) + L.distance(xs, xs.detach().flip(0), C).sum()
+    d.sum().backward()
+    assert xs.dtype == torch.float32 and torch.isfinite(d).all() and torch.isfinite(v.grad).all()
+
+
+def test_invalid_curvature_is_rejected():
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="curvature"):
+            L.expmap0(torch.ones(1, 2), bad)
