@@ -76,6 +76,7 @@ def test_dry_run_reports_every_section(tmp_path):
             assert 0 < sec["mfu"] <= 1, name
             assert math.isfinite(sec["final_loss"]) if "final_loss" in sec else True
             expect_flops = sections["flops"][f"patch{sec['patch']}_forward_flops"]
+            assert sec["gradient_checkpointing"] == name.startswith("train_p8"), name  # forced in the dry run
             assert sec["tflops"] == pytest.approx(sec["images_per_s"] * 3 * expect_flops / 1e12, rel=2e-3)
         if "fp16" in name and not sec.get("not_run"):
             assert isinstance(sec["skipped_steps"], list)
