@@ -288,7 +288,7 @@ def trainer_loop(model: HViTModel, device: torch.device, sz: dict, precision: st
     from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments
 
     x, fixed_labels = batch_data(sz, device)
-    n_classes = sz["batch"]  # 2 × batch items: the sampler draws batch/2 distinct classes per step
+    n_classes = sz["batch"] * (warmup + steps + 1) // 2  # one sampler epoch covers every step
     labels = [i // 2 for i in range(2 * n_classes)]
 
     def collate(rows):  # the plain loop's device batch: no host-device copy (and no sync) in either loop
@@ -688,6 +688,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=None, help="input-pipeline workers (default: all cores)")
     p.add_argument("--tests-timeout-s", type=float, default=150)
     p.add_argument("--only", default=None, help="comma-separated section names to run (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a size (JSON value), e.g. --set batch=512 --set 'jpeg_side=[200,400]'")
     args = p.parse_args(argv)
     args.device = args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
     args.budget_s = args.budget_s or (240.0 if args.dry_run else 450.0)
@@ -697,6 +699,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dry_run:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     check = Check(args)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in check.sizes:
+            raise SystemExit(f"--set {item}: unknown size {key!r}; expected one of {sorted(check.sizes)}")
+        check.sizes = {**check.sizes, key: json.loads(value) if value[:1] in "[{0123456789-tfn" else value}
+    check.results["meta"]["sizes"] = check.sizes
     log(f"hvit gpu_check: {json.dumps(check.results['meta'])}")
     if check.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
