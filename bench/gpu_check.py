@@ -111,6 +111,7 @@ class Check:
         self.results: dict = {"meta": self.meta(), "sections": {}, "skipped": [], "summary": {}}
         self.out = Path(args.out)
         self.deadline = T0 + args.budget_s
+        self.oom_patches: set[int] = set()  # patch sizes that ran out of memory without checkpointing
 
     def meta(self) -> dict:
         import transformers
@@ -341,8 +342,10 @@ def train_section(check: Check, which: int, precision: str, loop: str, compile_:
     fwd = check.results["sections"].get("flops", {}).get(f"patch{patch}_forward_flops")
     out: dict = {"patch": patch, "precision": precision, "loop": loop, "compile": compile_, "batch": sz["batch"],
                  "steps_timed": steps}
-    # The dry run forces gradient checkpointing on the second patch size, so that path is exercised.
-    for checkpointing in ((True,) if which == 1 and sz["force_checkpointing_p8"] else (False, True)):
+    # The dry run forces gradient checkpointing on the second patch size, so that path is exercised;
+    # after one OOM without it at this patch size, later sections go straight to checkpointing.
+    forced = (which == 1 and sz["force_checkpointing_p8"]) or patch in check.oom_patches
+    for checkpointing in ((True,) if forced else (False, True)):
         free_memory(device)
         model = build_model(sz, patch, device)
         if fwd is None:
@@ -364,6 +367,7 @@ def train_section(check: Check, which: int, precision: str, loop: str, compile_:
         except torch.cuda.OutOfMemoryError as err:
             del model
             out["oom_without_checkpointing"] = str(err).splitlines()[0][:200]
+            check.oom_patches.add(patch)
             if checkpointing:
                 raise
             log(f"  OOM at patch {patch} without gradient checkpointing: retrying with it")

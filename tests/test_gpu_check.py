@@ -52,6 +52,32 @@ def test_sync_waits_for_the_given_cuda_device(monkeypatch):
     assert seen == [torch.device("cuda", 1)]
 
 
+def test_out_of_memory_retries_with_checkpointing_once_per_patch(monkeypatch, tmp_path):
+    """An OOM without activation checkpointing is recorded, the section is rerun with it, and later
+    sections at that patch size start with it (fault injected into the timed loop)."""
+    import argparse
+
+    import gpu_check
+
+    real, seen = gpu_check.plain_loop, []
+
+    def flaky(model, *args, **kwargs):
+        seen.append(any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()))
+        if not seen[-1]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "plain_loop", flaky)
+    args = argparse.Namespace(dry_run=True, device="cpu", out=str(tmp_path / "x.json"), budget_s=60, peak_tflops=989.0)
+    check = gpu_check.Check(args)
+    check.sizes = {**gpu_check.DRY, "steps": 1, "warmup": 1, "fp16_steps": 1}
+    first = gpu_check.train_section(check, 0, "bf16", "plain")
+    assert seen == [False, True] and first["gradient_checkpointing"] is True
+    assert first["oom_without_checkpointing"].startswith("CUDA out of memory") and first["images_per_s"] > 0
+    second = gpu_check.train_section(check, 0, "fp16", "plain")
+    assert seen == [False, True, True] and second["gradient_checkpointing"] is True
+
+
 @pytest.mark.slow
 def test_dry_run_reports_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
