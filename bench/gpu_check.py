@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -64,7 +63,7 @@ T0 = time.perf_counter()
 # Sizes of a real run and of the CPU dry run.
 REAL = dict(image=224, batch=900, patches=(16, 8), hidden=384, layers=12, heads=6, mlp=1536, steps=10, warmup=3,
             fp16_steps=30, encode_batch=1024, encode_steps=10, retrieval_n=60_502, delta_n=2000, delta_draws=100,
-            delta_points=20_000, n_jpeg=2048, jpeg_side=(400, 800), per_worker_images=256, loader_batch=128,
+            delta_points=20_000, n_jpeg=4096, jpeg_side=(400, 800), per_worker_images=256, loader_batch=64,
             cache_side=256, aug_batch=900, compile_backend="inductor", force_checkpointing_p8=False)
 DRY = dict(image=32, batch=16, patches=(16, 8), hidden=32, layers=2, heads=2, mlp=64, steps=2, warmup=1,
            fp16_steps=4, encode_batch=16, encode_steps=2, retrieval_n=1500, delta_n=100, delta_draws=3,
@@ -116,14 +115,14 @@ class Check:
     def meta(self) -> dict:
         import transformers
 
-        d = self.device if hasattr(self, "device") else None
+        d = self.device
         info = {"dry_run": self.args.dry_run, "device": str(self.args.device), "torch": torch.__version__,
                 "transformers": transformers.__version__, "python": platform.python_version(),
                 "cpu_count": os.cpu_count(), "peak_tflops": self.args.peak_tflops, "budget_s": self.args.budget_s,
                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "flop_convention": "trained FLOPs per image = 3 × forward FLOPs; forward counted by "
                                    "torch.utils.flop_counter.FlopCounterMode with eager attention, 2 FLOPs per MAC"}
-        if torch.cuda.is_available() and (d is None or d.type == "cuda"):
+        if d.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(d)
             info["cuda"] = torch.version.cuda
             info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(d).total_memory / 2**30, 1)
@@ -561,8 +560,9 @@ def _loader_rate(ds, workers: int, batch: int, collate=None) -> dict:
     first = time.perf_counter() - t
     t = time.perf_counter()
     n = 0
-    for b in loader:
-        n += len(b[0]) if isinstance(b, (tuple, list)) else len(b)
+    for _ in range(2):  # steady state: persistent workers, two more epochs
+        for b in loader:
+            n += len(b[0]) if isinstance(b, (tuple, list)) else len(b)
     steady = time.perf_counter() - t
     del loader
     return {"images_per_s": round(n / steady, 1), "first_epoch_s": round(first, 2)}
