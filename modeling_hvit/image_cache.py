@@ -33,7 +33,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from .transforms import BICUBIC, to_rgb
