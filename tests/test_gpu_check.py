@@ -1,0 +1,118 @@
+"""bench/gpu_check.py (issue 17): the FLOP count and device sync it relies on, and its CPU dry run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import train_step  # noqa: E402
+
+from modeling_hvit import HViTConfig, HViTModel  # noqa: E402
+
+
+def _textbook_vit_flops(d: int, layers: int, mlp: int, patch: int, size: int, emb: int = 128) -> int:
+    """Independent oracle, written out term by term: 2 FLOPs per multiply-add."""
+    t = (size // patch) ** 2 + 1
+    patch_embed = 2 * (t - 1) * (3 * patch * patch) * d
+    qkv, proj, fc1, fc2 = 2 * t * d * 3 * d, 2 * t * d * d, 2 * t * d * mlp, 2 * t * mlp * d
+    scores, mix = 2 * t * t * d, 2 * t * t * d
+    return patch_embed + layers * (qkv + proj + fc1 + fc2 + scores + mix) + 2 * d * emb
+
+
+@pytest.mark.parametrize("patch,size", [(16, 224), (8, 112)])
+def test_forward_flops_match_textbook_count(patch, size):
+    """ViT-S/16 is 9.20 GFLOP forward per 224² image (27.6 trained); the old script used 13.8 trained."""
+    cfg = {**train_step.VIT_S16, "patch_size": patch, "image_size": size}
+    model = HViTModel(HViTConfig(backbone_config=cfg, embedding_dim=128))
+    counted = train_step.forward_flops_per_image(model, size, "cpu")
+    oracle = _textbook_vit_flops(384, 12, 1536, patch, size)
+    assert counted == pytest.approx(oracle, rel=1e-3)
+    if patch == 16:
+        assert 3 * counted / 1e9 == pytest.approx(27.6, abs=0.1)
+    assert model.backbone.config._attn_implementation == "sdpa"  # restored after counting with eager
+    assert train_step.vit_forward_flops(384, 12, 1536, patch, size) == oracle
+
+
+def test_sync_waits_for_the_given_cuda_device(monkeypatch):
+    """`sync("cuda:1")` must synchronise device 1, not the current device."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(device))
+    train_step.sync(torch.device("cuda", 1))
+    train_step.sync("cpu")
+    assert seen == [torch.device("cuda", 1)]
+
+
+def test_out_of_memory_retries_with_checkpointing_once_per_patch(monkeypatch, tmp_path):
+    """An OOM without activation checkpointing is recorded, the section is rerun with it, and later
+    sections at that patch size start with it (fault injected into the timed loop)."""
+    import argparse
+
+    import gpu_check
+
+    real, seen = gpu_check.plain_loop, []
+
+    def flaky(model, *args, **kwargs):
+        seen.append(any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()))
+        if not seen[-1]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "plain_loop", flaky)
+    args = argparse.Namespace(dry_run=True, device="cpu", out=str(tmp_path / "x.json"), budget_s=60, peak_tflops=989.0)
+    check = gpu_check.Check(args)
+    check.sizes = {**gpu_check.DRY, "steps": 1, "warmup": 1, "fp16_steps": 1}
+    first = gpu_check.train_section(check, 0, "bf16", "plain")
+    assert seen == [False, True] and first["gradient_checkpointing"] is True
+    assert first["oom_without_checkpointing"].startswith("CUDA out of memory") and first["images_per_s"] > 0
+    second = gpu_check.train_section(check, 0, "fp16", "plain")
+    assert seen == [False, True, True] and second["gradient_checkpointing"] is True
+
+
+@pytest.mark.slow
+def test_dry_run_reports_every_section(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    sections = res["sections"]
+    expected = {"cuda_tests", "flops", "encode", "retrieval_sop", "delta", "input_pipeline",
+                *(f"train_p{p}_{prec}_plain" for p in (16, 8) for prec in ("bf16", "fp16")),
+                "train_p16_bf16_trainer", "train_p16_fp16_trainer", "train_p16_bf16_plain_compiled",
+                "train_p16_bf16_trainer_compiled"}
+    assert expected <= set(sections), expected - set(sections)
+    assert not res["skipped"] and not res["summary"]["errors"], res["summary"]["errors"]
+    assert all(s["status"] == "ok" for s in sections.values())
+    tests = sections["cuda_tests"]
+    assert tests["returncode"] == 0 and tests["skipped"] >= 3 and tests["failed"] == tests["error"] == 0
+    for name, sec in sections.items():
+        if name.startswith("train_") and not sec.get("not_run"):
+            assert sec["images_per_s"] > 0 and sec["tflops"] > 0, name
+            assert 0 < sec["mfu"] <= 1, name
+            assert math.isfinite(sec["final_loss"]) if "final_loss" in sec else True
+            expect_flops = sections["flops"][f"patch{sec['patch']}_forward_flops"]
+            assert sec["gradient_checkpointing"] == name.startswith("train_p8"), name  # forced in the dry run
+            assert sec["tflops"] == pytest.approx(sec["images_per_s"] * 3 * expect_flops / 1e12, rel=2e-3)
+        if "fp16" in name and not sec.get("not_run"):
+            assert isinstance(sec["skipped_steps"], list)
+    assert sections["flops"]["patch8_formula_over_counted"] == pytest.approx(1.0, abs=1e-3)
+    for key in ("trainer_over_plain_bf16", "compiled_over_eager_plain_bf16", "compiled_over_eager_trainer_bf16"):
+        assert 0 < res["summary"][key] < math.inf, key
+    pipe = sections["input_pipeline"]
+    assert all(v > 0 for v in pipe["per_worker_images_per_s"].values())
+    assert all(v["images_per_s"] > 0 for v in pipe["all_cores"].values())
+    assert pipe["batched_aug"]["images_per_s"] > 0 and pipe["batched_aug"]["output_shape"] == [16, 3, 32, 32]
+    assert sections["encode"]["images_per_s"] > 0
+    assert 0 < sections["retrieval_sop"]["metrics"]["recall@1"] <= 1
+    assert 0 < sections["delta"]["delta_rel_mean"] < 1
