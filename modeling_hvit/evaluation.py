@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics
+from .transforms import pixel_values_for
 
 __all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_table", "main",
            "resolve_dtype", "retrieval_metrics"]
@@ -92,8 +93,9 @@ def embed_dataset(model: torch.nn.Module, dataset: Any, batch_size: int = 64,
     embs, encs, labels = [], [], []
     with torch.inference_mode():
         for batch in loader:
+            pixel_values = pixel_values_for(model, batch["pixel_values"].to(device))  # uint8 → normalised
             with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                out = model(pixel_values=batch["pixel_values"].to(device))
+                out = model(pixel_values=pixel_values)
             embs.append(out.embeddings.float().cpu())
             encs.append(out.encoder_embeddings.float().cpu())
             labels.append(batch["labels"])
@@ -162,9 +164,9 @@ def _load_model(args: EvalArguments):
 
 def _prepare(model, args: EvalArguments, dataset: str, ds):
     from .data import dataset_labels
-    from .transforms import transforms_for_model, with_image_transform
+    from .transforms import eval_transform_for, with_image_transform
 
-    _, tf = transforms_for_model(model, dataset, args.image_size)
+    tf = eval_transform_for(model, args.image_size)  # the processor saved with the model, not the dataset's name
     if args.max_samples:
         ds = ds.select(range(min(args.max_samples, len(ds))))
     return ds, with_image_transform(ds, tf), dataset_labels(ds)
