@@ -60,6 +60,13 @@ def read_table(tree: FileTree, rel: str, n_fields: int, expected: str, *, skip: 
         yield f"{where}:{lineno}", fields
 
 
+def check_unique(seen: dict, key, origin: str, what: str) -> None:
+    """Record ``key`` at ``origin``; a key listed twice in an index file is an error naming both lines."""
+    first = seen.setdefault(key, origin)
+    if first != origin:
+        raise DataError(f"{origin}: duplicate {what} {key} (first listed at {first}); expected each {what} once")
+
+
 def parse_int(text: str, origin: str, what: str) -> int:
     try:
         return int(text)

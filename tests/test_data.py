@@ -127,6 +127,21 @@ def test_cub_class_id_out_of_range(tmp_path):
         build("cub", str(write_files(tmp_path / "cub", files)), tmp_path=tmp_path)
 
 
+@pytest.mark.parametrize("name,line,pattern", [
+    ("images.txt", "5 001.Bird_1/img_2.jpg", r"images\.txt:13: duplicate image_id 5 \(first listed at .*images\.txt:\d+\)"),
+    ("image_class_labels.txt", "5 1", r"image_class_labels\.txt:13: duplicate image_id 5 \(first listed at "),
+    ("classes.txt", "3 003.Renamed", r"classes\.txt:5: duplicate class_id 3 \(first listed at .*classes\.txt:3\)"),
+    ("train_test_split.txt", "5 0", r"train_test_split\.txt:13: duplicate image_id 5 \(first listed at "),
+])
+def test_cub_duplicate_keys_are_errors(tmp_path, name, line, pattern):
+    files, _ = cub_files()
+    files["CUB_200_2011/train_test_split.txt"] = "".join(f"{k} {k % 2}\n" for k in range(1, 13))
+    build("cub", str(write_files(tmp_path / "ok", files)), tmp_path=tmp_path)  # the official layout builds
+    files["CUB_200_2011/" + name] += line + "\n"
+    with pytest.raises(DataError, match=pattern):
+        build("cub", str(write_files(tmp_path / "cub", files)), tmp_path=tmp_path)
+
+
 def test_missing_corrupt_truncated_images_fail_or_are_skipped(tmp_path):
     files, _ = cub_files()
     jpg = files["CUB_200_2011/images/001.Bird_1/img_1.jpg"]
@@ -216,6 +231,24 @@ def test_cars_class_out_of_range(tmp_path):
         build("cars", str(cars_files(tmp_path, classes=(1, 2, 7, 3, 4))), tmp_path=tmp_path)
 
 
+def test_cars_duplicate_image_or_class_name(tmp_path):
+    root = cars_files(tmp_path)
+    from scipy.io import loadmat, savemat
+
+    mat = loadmat(root / "cars_annos.mat")
+    ann = mat["annotations"]
+    ann[0, 4]["relative_im_path"] = ann[0, 1]["relative_im_path"]
+    savemat(root / "cars_annos.mat", {"annotations": ann, "class_names": mat["class_names"]})
+    with pytest.raises(DataError, match=r"annotations\[4\]: duplicate relative_im_path car_ims/000002\.jpg "
+                                        r"\(first listed at .*annotations\[1\]\)"):
+        build("cars", str(root), tmp_path=tmp_path)
+    names = mat["class_names"].copy()
+    names[0, 2] = names[0, 0]
+    savemat(root / "cars_annos.mat", {"annotations": mat["annotations"], "class_names": names})
+    with pytest.raises(DataError, match=r"class_names\[2\]: duplicate class name Car 1"):
+        build("cars", str(root), tmp_path=tmp_path)
+
+
 # -- SOP -----------------------------------------------------------------------------------------------
 def sop_files(test_classes=(3, 4)):
     header = "image_id class_id super_class_id path\n"
@@ -254,6 +287,14 @@ def test_sop_errors(tmp_path):
         build("sop", str(write_files(tmp_path / "b", files)), tmp_path=tmp_path)
 
 
+def test_sop_duplicate_image_id(tmp_path):
+    files = sop_files()
+    files["Ebay_train.txt"] += "3 2 2 cabinet_final/2_9.JPG\n"
+    files["cabinet_final/2_9.JPG"] = image_bytes(50)
+    with pytest.raises(DataError, match=r"Ebay_train\.txt:6: duplicate image_id 3 \(first listed at .*Ebay_train\.txt:4\)"):
+        build("sop", str(write_files(tmp_path / "a", files)), tmp_path=tmp_path)
+
+
 # -- In-Shop -------------------------------------------------------------------------------------------
 def inshop_files(count=None, status_override=None):
     rows = [("img/WOMEN/Dresses/id_00000001/01_1_front.jpg", "id_00000001", "train"),
@@ -285,6 +326,17 @@ def test_inshop_errors(tmp_path):
     ann, images = inshop_files(status_override="val")
     with pytest.raises(DataError, match=r"list_eval_partition\.txt:8: evaluation_status 'val'"):
         build("inshop", str(write_files(tmp_path / "b", {**ann, **{"Img/" + k: v for k, v in images.items()}})), tmp_path=tmp_path)
+
+
+def test_inshop_duplicate_image_name(tmp_path):
+    ann, images = inshop_files()
+    lines = ann["Eval/list_eval_partition.txt"].splitlines()
+    lines[0] = "7"
+    lines.append("img/WOMEN/Dresses/id_00000001/01_2_side.jpg id_00000001 train")
+    ann["Eval/list_eval_partition.txt"] = "\n".join(lines) + "\n"
+    with pytest.raises(DataError, match=r"list_eval_partition\.txt:9: duplicate image_name img/WOMEN/Dresses/"
+                                        r"id_00000001/01_2_side\.jpg \(first listed at .*list_eval_partition\.txt:4\)"):
+        build("inshop", str(write_files(tmp_path / "a", {**ann, **{"Img/" + k: v for k, v in images.items()}})), tmp_path=tmp_path)
 
 
 # -- Omniglot, Caltech, folder, hub ---------------------------------------------------------------------
