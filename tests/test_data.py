@@ -165,6 +165,29 @@ def test_missing_corrupt_truncated_images_fail_or_are_skipped(tmp_path):
         build("cub", str(tmp_path / "folder"), tmp_path=tmp_path, verify_images=False)
 
 
+def test_cut_jpeg_with_end_marker_is_reported(tmp_path):
+    from modeling_hvit.data_sources import check_image
+
+    rng = np.random.default_rng(0)
+    arr = np.clip(rng.integers(0, 60, (90, 120, 3)) + np.linspace(0, 190, 120)[None, :, None], 0, 255).astype(np.uint8)
+    for mode, subsampling in (("RGB", 2), ("RGB", 0), ("L", 0)):
+        buf = io.BytesIO()
+        Image.fromarray(arr).convert(mode).save(buf, format="JPEG", quality=90, subsampling=subsampling)
+        good = buf.getvalue()
+        assert check_image(good) is None
+        for cut in (0.3, 0.9):
+            cut_file = good[: int(len(good) * cut)] + b"\xff\xd9"  # PIL decodes it: a flat grey tail
+            Image.open(io.BytesIO(cut_file)).load()
+            assert "truncated JPEG" in check_image(cut_file)
+    files, _ = cub_files()
+    files["CUB_200_2011/images/002.Bird_2/img_0.jpg"] = good[: len(good) // 2] + b"\xff\xd9"
+    root = write_files(tmp_path / "cub", files)
+    with pytest.raises(DataError, match=r"002\.Bird_2/img_0\.jpg: truncated JPEG"):
+        build("cub", str(root), tmp_path=tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 bad"):
+        assert len(build("cub", str(root), tmp_path=tmp_path, skip_bad_images=True)["train"]) == 5
+
+
 def test_duplicate_paths_reported(tmp_path):
     files, _ = cub_files()
     files["CUB_200_2011/images.txt"] += "13 001.Bird_1/img_0.jpg\n"
