@@ -43,6 +43,14 @@ def archive_stem(name: str) -> str | None:
     return None
 
 
+def safe_text(name: str) -> str:
+    """A file name as storable text: bytes that are not UTF-8 (``os.fsdecode`` keeps them as lone
+    surrogates, which Arrow and terminals reject) become ``\\xNN`` escapes; other names are unchanged."""
+    if name.isascii():
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class Entry:
     """Where a file of the tree lives: on disk (``archive is None``) or as a member of an archive."""
@@ -51,7 +59,7 @@ class Entry:
     archive: str | None = None
 
     def describe(self) -> str:
-        return self.location if self.archive is None else f"{self.archive}:{self.location}"
+        return safe_text(self.location if self.archive is None else f"{self.archive}:{self.location}")
 
 
 class FileTree:

@@ -21,13 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from transformers import BitImageProcessor
+from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import is_torchvision_available
-
-try:  # the PIL backend by name where torchvision is absent (saved under the same type name)
-    from transformers import BitImageProcessorPil
-except ImportError:  # older transformers: one class
-    BitImageProcessorPil = BitImageProcessor
 
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 # timm / torchvision interpolation names → PIL resampling filters
@@ -51,10 +46,9 @@ class EvalPreprocessing:
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ValueError(f"expected 3 channel means and 3 positive stds, got {self.image_mean}, {self.image_std}")
 
-    def to_processor(self) -> BitImageProcessor:
+    def to_processor(self) -> BaseImageProcessor:
         """The standard processor that `AutoImageProcessor` round-trips (saved as preprocessor_config.json)."""
-        cls = BitImageProcessor if is_torchvision_available() else BitImageProcessorPil
-        return cls(
+        return _bit_processor_class()(
             do_resize=True, size={"shortest_edge": self.resize_size}, resample=self.resample,
             do_center_crop=True, crop_size={"height": self.crop_size, "width": self.crop_size},
             do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
@@ -64,6 +58,21 @@ class EvalPreprocessing:
         """The same recipe at another input size (the resize keeps its ratio to the crop)."""
         resize = max(crop_size, round(crop_size * self.resize_size / self.crop_size))
         return EvalPreprocessing(crop_size, resize, self.resample, self.image_mean, self.image_std)
+
+
+def _bit_processor_class() -> type:
+    """`BitImageProcessor`, by its PIL-backend name where torchvision is absent (importing the plain
+    name there warns); both save as "BitImageProcessor"."""
+    if not is_torchvision_available():
+        try:
+            from transformers import BitImageProcessorPil
+
+            return BitImageProcessorPil
+        except ImportError:  # transformers before the backend split
+            pass
+    from transformers import BitImageProcessor
+
+    return BitImageProcessor
 
 
 def _floats(values, what: str, owner: str) -> tuple[float, float, float]:
@@ -139,7 +148,7 @@ def read_preprocessing(processor=None, backbone_config=None) -> EvalPreprocessin
     return EvalPreprocessing(crop_size, resize, _resample(getattr(processor, "resample", None), owner), mean, std)
 
 
-def evaluation_image_processor(processor=None, config=None) -> BitImageProcessor:
+def evaluation_image_processor(processor=None, config=None) -> BaseImageProcessor:
     """The standard processor equivalent to ``processor`` (or, if None, to the model ``config``)."""
     return read_preprocessing(processor, getattr(config, "backbone_config", None)).to_processor()
 

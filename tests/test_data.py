@@ -407,6 +407,37 @@ def test_folder_rules(tmp_path):
         build("folder", str(write_files(tmp_path / "h", given)), tmp_path=tmp_path, split_rule="given")
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file names with invalid UTF-8 bytes need a POSIX file system")
+def test_non_utf8_names_are_stored_escaped(tmp_path):
+    names = [(b"caf\xe9", b"a.png"), (b"caf\xe9", b"b.png"), (b"ok", b"img\xff.png"), (b"ok", b"x.png"),
+             (b"b", b"1.png"), (b"c", b"1.png")]
+    folder = tmp_path / "f"
+    data = {}
+    for k, (cls, name) in enumerate(names):
+        os.makedirs(os.path.join(os.fsencode(folder), cls), exist_ok=True)
+        data[os.fsdecode(cls + b"/" + name)] = image_bytes(k, "PNG")
+        with open(os.path.join(os.fsencode(folder), cls, name), "wb") as fh:
+            fh.write(data[os.fsdecode(cls + b"/" + name)])
+    archive = tmp_path / "f.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+        for rel, blob in sorted(data.items()):
+            info = tarfile.TarInfo(rel)
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    want = {"b": [4], "c": [5], "caf\\xe9": [0, 1], "ok": [2, 3]}
+    for root in (folder, archive):
+        with pytest.warns(UserWarning, match=r"1 class name\(s\) are not valid UTF-8; stored with .*caf\\\\xe9"):
+            ds = build("folder", str(root), tmp_path=tmp_path)
+        names_ = ds["train"].features["label"].names
+        assert names_ == ["b", "c", "caf\\xe9", "ok"]
+        for split in ("train", "test"):
+            for row in ds[split]:
+                pixels = [np.asarray(Image.open(io.BytesIO(image_bytes(k, "PNG")))) for k in want[names_[row["label"]]]]
+                assert any(np.array_equal(np.asarray(row["image"]), p) for p in pixels)
+        paths = [r["image"]["path"] for r in ds["test"].cast_column("image", datasets.Image(decode=False))]
+        assert any(p.endswith("ok/img\\xff.png") for p in paths)
+
+
 def test_hub_dataset_by_name_with_columns(tmp_path):
     ims = [Image.open(io.BytesIO(image_bytes(i, "PNG"))) for i in range(12)]
     feats = datasets.Features({"img": datasets.Image(), "fine": datasets.Value("int64"), "coarse": datasets.Value("string")})
