@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from transformers import HfArgumentParser
 
     from .data import DataArguments
+    from .data_splits import describe_splits, split_summary
 
     args, dargs = HfArgumentParser((EvalArguments, DataArguments)).parse_args_into_dataclasses(
         args=list(sys.argv[1:] if argv is None else argv))
@@ -186,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = _load_model(args)
     geometry, curvature = model.config.geometry, float(model.config.curvature)
     dsd = dargs.build()
+    splits = split_summary(dsd, dargs.dataset)  # recorded in metrics.json
+    print(f"splits: {describe_splits(splits)}")
     if args.split is None and "query" in dsd and "gallery" in dsd:
         names = ("query", "gallery")
     else:
@@ -213,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.plot:
         print(f"plot: {_plot(args, dargs, embedded[names[0]], geometry, curvature, out_dir)}")
-    metrics.update({"dataset": dargs.dataset, "split": "/".join(names), "model": args.model,
+    metrics.update({"dataset": dargs.dataset, "split": "/".join(names), "splits": splits, "model": args.model,
                     "geometry": geometry, "curvature": curvature, "num_queries": len(lab),
                     "num_gallery": len(gallery[2]) if gallery is not None else len(lab),
                     "embedding_dim": int(emb.shape[1]), "wall_seconds": round(time.perf_counter() - start, 2)})

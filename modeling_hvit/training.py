@@ -22,6 +22,7 @@ from transformers.utils import logging
 
 from .configuration_hvit import HViTConfig
 from .data import DataArguments, dataset_labels
+from .data_splits import describe_splits, split_summary
 from .metrics import recall_ks_for
 from .modeling_hvit import HViTModel
 from .trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(targs.seed)
     start = time.perf_counter()
     dsd = dargs.build()
+    splits = split_summary(dsd, dargs.dataset)  # recorded in metrics.json and the card
+    logger.warning(f"splits: {describe_splits(splits)}")
     eval_split = "test" if "test" in dsd else "query"
     train_ds, eval_ds = dsd["train"], dsd[eval_split]
     gallery_ds = dsd["gallery"] if eval_split == "query" and "gallery" in dsd else None  # In-Shop
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_model(targs.output_dir)
     if trainer.is_world_process_zero():  # save_model also wrote the image processor (HViTModel.save_pretrained)
         summary = {**results["trained"], "untrained": results["untrained"], "wall_seconds": time.perf_counter() - start,
-                   "dataset": dargs.dataset, "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
+                   "dataset": dargs.dataset, "splits": splits, "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
                    "world_size": trainer.args.world_size, "global_step": trainer.state.global_step}
         Path(targs.output_dir, "metrics.json").write_text(json.dumps(summary, indent=2))
         Path(targs.output_dir, "train_args.json").write_text(json.dumps(
