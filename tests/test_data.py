@@ -121,7 +121,7 @@ def test_cub_wrong_field_count_names_file_and_line(tmp_path):
 
 def test_cub_class_id_out_of_range(tmp_path):
     files, _ = cub_files()
-    files["CUB_200_2011/image_class_labels.txt"] += "5 9\n"
+    files["CUB_200_2011/image_class_labels.txt"] += "13 9\n"
     files["CUB_200_2011/images.txt"] += "13 004.Bird_4/img_0.jpg\n"
     with pytest.raises(DataError, match=r"image_class_labels\.txt:13: class id 9 out of range"):
         build("cub", str(write_files(tmp_path / "cub", files)), tmp_path=tmp_path)

@@ -173,16 +173,21 @@ def test_eval_processor_is_the_models_not_the_dataset_names(tmp_path, backbone_d
 
 
 # -- uint8 batches ----------------------------------------------------------------------------------------
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean,std", [((0.5,) * 3, (0.5,) * 3), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-def test_device_normalisation_equals_float_path(mean, std):
+def test_device_normalisation_equals_float_path(mean, std, device):
     from modeling_hvit.transforms import normalize_uint8
 
     rng = np.random.default_rng(0)
     ims = [Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)) for _ in range(4)]
     ims.append(Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)[..., None].repeat(3, 2)))
     for im in ims:
-        got = normalize_uint8(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None], mean, std)[0]
-        assert torch.equal(got, to_tensor(im, mean, std))  # bit-identical to the old float path
+        u8 = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].to(device)
+        got = normalize_uint8(u8, mean, std)[0]
+        assert got.device.type == device and torch.equal(got.cpu(), to_tensor(im, mean, std))  # bit-identical
 
 
 def test_workers_send_uint8_and_training_sees_the_float_pixels(backbone_dir):
