@@ -484,3 +484,20 @@ def test_real_caltech101(tmp_path):
     pixels = batch * 0.5 + 0.5  # back to [0, 1]
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
     assert 0.2 < pixels.mean() < 0.8 and pixels.std() > 0.1
+
+
+@pytest.mark.slow
+def test_training_without_verification_names_a_bad_image_or_replaces_it(tmp_path):
+    from modeling_hvit.training import main
+
+    files = {f"{c}/{i}.png": image_bytes(10 * k + i, "PNG", size=(20, 20)) for k, c in enumerate("abcd") for i in range(4)}
+    files["d/0.png"] = b"\x89PNG\r\n\x1a\n but cut"  # a test image: the first evaluation decodes it
+    root = write_files(tmp_path / "imgs", files)
+    args = ["--dataset", "folder", "--data_dir", str(root), "--verify_images", "false", "--max_steps", "1",
+            "--per_device_train_batch_size", "4", "--samples_per_class", "2", "--report_to", "none",
+            "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+    with pytest.raises(DataError, match=r"d/0\.png'? is not readable .*skip_bad_images"):
+        main(args + ["--output_dir", str(tmp_path / "a")])
+    with pytest.warns(UserWarning, match=r"d/0\.png'? is not readable .*replaced by .*d/1\.png.*1 replaced so far"):
+        main(args + ["--output_dir", str(tmp_path / "b"), "--skip_bad_images", "true"])
+    assert (tmp_path / "b" / "model.safetensors").is_file()

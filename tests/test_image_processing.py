@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, BitImageProcessor, DeiTImageProcessor, ViTConfig, ViTImageProcessor, ViTModel, pipeline
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    BitImageProcessor,
+    DeiTImageProcessor,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+    pipeline,
+)
 
 import modeling_hvit  # noqa: F401  (Auto registration)
 from modeling_hvit import HViTConfig, HViTModel
