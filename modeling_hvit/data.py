@@ -9,9 +9,10 @@ ids are globally unique and the splits' label sets are disjoint) and, where the 
 hierarchy column: ``superclass`` (SOP, demo), ``category`` (In-Shop), ``alphabet`` (Omniglot).
 
 ``data_dir`` may be the extracted folder, a folder holding the official archives, or the archive
-itself. Annotation errors (wrong field count, unknown class id, missing annotation file, wrong
-archive) always raise a :class:`DataError` naming the file and line; missing, duplicate, corrupt or
-truncated images raise too, unless ``skip_bad_images=True`` (then they are skipped with a warning).
+itself. Annotation errors (wrong field count, unknown class id, a key listed twice in an index file,
+missing annotation file, wrong archive) always raise a :class:`DataError` naming the file and line;
+missing, duplicate, corrupt or truncated images raise too, unless ``skip_bad_images=True`` (then they
+are skipped with a warning).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .data_build import (
     Layout,
     Record,
     check_disjoint,
+    check_unique,
     materialise,
     parse_int,
     read_table,
@@ -49,16 +51,28 @@ def build_cub(tree: FileTree, train_fraction: float = 0.5) -> Layout:
     what = "CUB-200-2011: CUB_200_2011/{images.txt, image_class_labels.txt, classes.txt, images/}"
     root = tree.find("image_class_labels.txt", what)
     classes: dict[int, str] = {}
+    seen: dict[int, str] = {}
     for origin, (cid, name) in read_table(tree, root + "classes.txt", 2, "class_id class_name"):
-        classes[parse_int(cid, origin, "class_id")] = name
+        cid = parse_int(cid, origin, "class_id")
+        check_unique(seen, cid, origin, "class_id")
+        classes[cid] = name
     paths: dict[int, tuple[str, str]] = {}
+    seen_images: dict[int, str] = {}
     for origin, (iid, path) in read_table(tree, root + "images.txt", 2, "image_id relative_path"):
-        paths[parse_int(iid, origin, "image_id")] = (path, origin)
+        iid = parse_int(iid, origin, "image_id")
+        check_unique(seen_images, iid, origin, "image_id")
+        paths[iid] = (path, origin)
+    if root + "train_test_split.txt" in tree:  # the per-image split (unused: the protocol splits by class)
+        seen = {}
+        for origin, (iid, _) in read_table(tree, root + "train_test_split.txt", 2, "image_id is_training_image"):
+            check_unique(seen, parse_int(iid, origin, "image_id"), origin, "image_id")
     ids = sorted(classes)
     train, _ = split_classes(ids, train_fraction)
     splits: dict[str, list[Record]] = {"train": [], "test": []}
+    seen = {}
     for origin, (iid, cid) in read_table(tree, root + "image_class_labels.txt", 2, "image_id class_id"):
         iid, cid = parse_int(iid, origin, "image_id"), parse_int(cid, origin, "class_id")
+        check_unique(seen, iid, origin, "image_id")
         if cid not in classes:
             raise DataError(f"{origin}: class id {cid} out of range (expected one of classes.txt, {ids[0]}..{ids[-1]})")
         if iid not in paths:
@@ -89,8 +103,13 @@ def build_cars(tree: FileTree, train_fraction: float = 0.5) -> Layout:
     ids = list(range(1, len(class_names) + 1))
     train, _ = split_classes(ids, train_fraction)
     splits: dict[str, list[Record]] = {"train": [], "test": []}
+    seen: dict[str, str] = {}
+    names_seen: dict[str, str] = {}
+    for k, name in enumerate(class_names):
+        check_unique(names_seen, name, f"{where}: class_names[{k}]", "class name")
     for k, (path, cid) in enumerate(zip(paths, labels)):
         origin = f"{where}: annotations[{k}]"
+        check_unique(seen, str(path), origin, "relative_im_path")
         cid = int(cid)
         if not 1 <= cid <= len(class_names):
             raise DataError(f"{origin}: class {cid} out of range (expected 1..{len(class_names)})")
@@ -107,7 +126,9 @@ def build_sop(tree: FileTree) -> Layout:
     class_ids: set[int] = set()
     for split, name in (("train", "Ebay_train.txt"), ("test", "Ebay_test.txt")):
         splits[split] = []
-        for origin, (_, cid, sid, path) in read_table(tree, root + name, 4, fields, skip=1):
+        seen: dict[int, str] = {}
+        for origin, (iid, cid, sid, path) in read_table(tree, root + name, 4, fields, skip=1):
+            check_unique(seen, parse_int(iid, origin, "image_id"), origin, "image_id")
             cid, sid = parse_int(cid, origin, "class_id"), parse_int(sid, origin, "super_class_id")
             sname = path.split("/")[0].removesuffix("_final")
             if supers.setdefault(sid, sname) != sname:
@@ -126,8 +147,10 @@ def build_inshop(tree: FileTree) -> Layout:
     splits: dict[str, list[Record]] = {"train": [], "query": [], "gallery": []}
     items: set[str] = set()
     categories: set[str] = set()
+    seen: dict[str, str] = {}
     for origin, fields in read_table(tree, rel, 3, "image_name item_id evaluation_status", skip=2):
         name, item, status = fields
+        check_unique(seen, name, origin, "image_name")
         if status not in splits:
             raise DataError(f"{origin}: evaluation_status {status!r}, expected train, query or gallery")
         parts = name.split("/")

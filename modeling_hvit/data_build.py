@@ -20,7 +20,16 @@ import datasets
 from datasets import ClassLabel, Features, Value
 from datasets import Image as HFImage
 
-from .data_sources import DataError, Entry, FileTree, check_image, is_streaming_archive, iter_archive_members, read_entry
+from .data_sources import (
+    DataError,
+    Entry,
+    FileTree,
+    check_image,
+    is_streaming_archive,
+    iter_archive_members,
+    read_entry,
+    safe_text,
+)
 
 MAX_LISTED = 5  # problems spelled out in one error message
 
@@ -58,6 +67,13 @@ def read_table(tree: FileTree, rel: str, n_fields: int, expected: str, *, skip: 
         if len(fields) != n_fields:
             raise DataError(f"{where}:{lineno}: expected {n_fields} fields ({expected}), got {len(fields)}: {line.strip()!r}")
         yield f"{where}:{lineno}", fields
+
+
+def check_unique(seen: dict, key, origin: str, what: str) -> None:
+    """Record ``key`` at ``origin``; a key listed twice in an index file is an error naming both lines."""
+    first = seen.setdefault(key, origin)
+    if first != origin:
+        raise DataError(f"{origin}: duplicate {what} {key} (first listed at {first}); expected each {what} once")
 
 
 def parse_int(text: str, origin: str, what: str) -> int:
@@ -139,9 +155,10 @@ def materialise(layout: Layout, *, verify_images: bool = True, skip_bad_images: 
                             "(pass skip_bad_images=True to skip them)")
         warnings.warn(f"skipped {len(problems)} bad image record(s) in {layout.tree.root}:\n{lines}{more}", stacklevel=3)
     bad = {id(r) for r, _ in problems}
-    features = {"image": HFImage(), "label": ClassLabel(names=layout.class_names)}
+    features = {"image": HFImage(), "label": ClassLabel(names=_safe_names(layout, layout.class_names, "class"))}
     if layout.hierarchy_column:
-        features[layout.hierarchy_column] = ClassLabel(names=layout.hierarchy_names)
+        features[layout.hierarchy_column] = ClassLabel(names=_safe_names(layout, layout.hierarchy_names,
+                                                                         layout.hierarchy_column))
     features = Features(features)
     out = {}
     for split, records in layout.splits.items():
@@ -152,17 +169,36 @@ def materialise(layout: Layout, *, verify_images: bool = True, skip_bad_images: 
     return datasets.DatasetDict(out)
 
 
+def _safe_names(layout: Layout, names: list[str], what: str) -> list[str]:
+    """Names as storable text (:func:`safe_text`), warning once when a name was not UTF-8."""
+    safe = [safe_text(n) for n in names]
+    changed = [(n, s) for n, s in zip(names, safe) if n != s]
+    if changed:
+        warnings.warn(f"{layout.tree.root}: {len(changed)} {what} name(s) are not valid UTF-8; stored with \\x "
+                      f"escapes, e.g. {changed[0][1]!r}", stacklevel=4)
+    if len(set(safe)) != len(safe):
+        dup = next(s for s in safe if safe.count(s) > 1)
+        raise DataError(f"{layout.tree.root}: two {what} names both read {dup!r} once non-UTF-8 bytes are escaped")
+    return safe
+
+
 def _columns(layout: Layout, r: Record) -> dict:
-    row = {"label": r.label}
+    row = {"label": safe_text(r.label)}
     if layout.hierarchy_column:
-        row[layout.hierarchy_column] = r.hierarchy
+        row[layout.hierarchy_column] = None if r.hierarchy is None else safe_text(r.hierarchy)
     return row
+
+
+def _stored_path(entry: Entry) -> str | dict:
+    """A folder image as stored: its path, or its bytes when the path is not UTF-8 (Arrow cannot hold it)."""
+    safe = safe_text(entry.location)
+    return entry.location if safe == entry.location else {"path": safe, "bytes": read_entry(entry)}
 
 
 def _to_dataset(layout: Layout, records: list[Record], features: Features, cache_dir: str | None) -> datasets.Dataset:
     entries = [layout.tree[r.rel] for r in records]
     if all(e.archive is None for e in entries):  # a folder: store paths, nothing to copy
-        cols: dict[str, list] = {"image": [e.location for e in entries]}
+        cols: dict[str, list] = {"image": [_stored_path(e) for e in entries]}
         for r in records:
             for k, v in _columns(layout, r).items():
                 cols.setdefault(k, []).append(v)
@@ -191,9 +227,13 @@ def _generate(rows: tuple[tuple, ...]):  # a tuple: from_generator would shard a
         if archive is not None and is_streaming_archive(archive):
             streamed.setdefault(archive, {})[location] = i
             continue
-        data = None if archive is None else read_entry(Entry(location, archive))
-        yield {"image": {"path": location if archive is None else rel, "bytes": data}, **cols, "_index": i}
+        if archive is None:
+            stored = _stored_path(Entry(location))
+            image = stored if isinstance(stored, dict) else {"path": stored, "bytes": None}
+        else:
+            image = {"path": safe_text(rel), "bytes": read_entry(Entry(location, archive))}
+        yield {"image": image, **cols, "_index": i}
     for archive, wanted in streamed.items():
         for member, data in iter_archive_members(archive, set(wanted)):
             i = wanted[member]
-            yield {"image": {"path": rows[i][0], "bytes": data}, **rows[i][3], "_index": i}
+            yield {"image": {"path": safe_text(rows[i][0]), "bytes": data}, **rows[i][3], "_index": i}

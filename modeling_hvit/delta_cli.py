@@ -64,13 +64,13 @@ def model_features(model_name: str, dataset: str, data_dir: str | None = None, *
     from .data import build_dataset
     from .evaluation import embed_dataset
     from .loading import load_model
-    from .transforms import transforms_for_model, with_image_transform
+    from .transforms import eval_transform_for, with_image_transform
 
     model = load_model(model_name, what="--model")
     dsd = build_dataset(dataset, data_dir)
     if split not in dsd:
         raise ValueError(f"dataset {dataset!r} has no split {split!r} (splits: {list(dsd)})")
-    ds = with_image_transform(dsd[split], transforms_for_model(model, dataset)[1])
+    ds = with_image_transform(dsd[split], eval_transform_for(model))  # the model's saved eval processor
     return embed_dataset(model, ds, batch_size, device, num_workers=num_workers, progress=progress,
                          desc=f"embedding {split}")[1]
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics
+from .transforms import pixel_values_for
 
 __all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_table", "main",
            "resolve_dtype", "retrieval_metrics"]
@@ -92,8 +93,9 @@ def embed_dataset(model: torch.nn.Module, dataset: Any, batch_size: int = 64,
     embs, encs, labels = [], [], []
     with torch.inference_mode():
         for batch in loader:
+            pixel_values = pixel_values_for(model, batch["pixel_values"].to(device))  # uint8 → normalised
             with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                out = model(pixel_values=batch["pixel_values"].to(device))
+                out = model(pixel_values=pixel_values)
             embs.append(out.embeddings.float().cpu())
             encs.append(out.encoder_embeddings.float().cpu())
             labels.append(batch["labels"])
@@ -156,9 +158,9 @@ def _load_model(args: EvalArguments):
 
 def _prepare(model, args: EvalArguments, dataset: str, ds):
     from .data import dataset_labels
-    from .transforms import transforms_for_model, with_image_transform
+    from .transforms import eval_transform_for, with_image_transform
 
-    _, tf = transforms_for_model(model, dataset, args.image_size)
+    tf = eval_transform_for(model, args.image_size)  # the processor saved with the model, not the dataset's name
     if args.max_samples:
         ds = ds.select(range(min(args.max_samples, len(ds))))
     return ds, with_image_transform(ds, tf), dataset_labels(ds)
@@ -169,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from transformers import HfArgumentParser
 
     from .data import DataArguments
+    from .data_splits import describe_splits, split_summary
 
     args, dargs = HfArgumentParser((EvalArguments, DataArguments)).parse_args_into_dataclasses(
         args=list(sys.argv[1:] if argv is None else argv))
@@ -178,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = _load_model(args)
     geometry, curvature = model.config.geometry, float(model.config.curvature)
     dsd = dargs.build()
+    splits = split_summary(dsd, dargs.dataset)  # recorded in metrics.json
+    print(f"splits: {describe_splits(splits)}")
     if args.split is None and "query" in dsd and "gallery" in dsd:
         names = ("query", "gallery")
     else:
@@ -205,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.plot:
         print(f"plot: {_plot(args, dargs, embedded[names[0]], geometry, curvature, out_dir)}")
-    metrics.update({"dataset": dargs.dataset, "split": "/".join(names), "model": args.model,
+    metrics.update({"dataset": dargs.dataset, "split": "/".join(names), "splits": splits, "model": args.model,
                     "geometry": geometry, "curvature": curvature, "num_queries": len(lab),
                     "num_gallery": len(gallery[2]) if gallery is not None else len(lab),
                     "embedding_dim": int(emb.shape[1]), "wall_seconds": round(time.perf_counter() - start, 2)})

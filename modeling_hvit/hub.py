@@ -33,7 +33,7 @@ logger = logging.get_logger(__name__)
 __all__ = ["HubFolderError", "HubPushError", "REMOTE_CODE_FILES", "prepare_upload", "push_to_hub",
            "render_model_card", "main"]
 
-REMOTE_CODE_FILES = ("configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py")
+REMOTE_CODE_FILES = ("configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py", "image_processing_hvit.py")
 PROCESSOR_FILE = "preprocessor_config.json"
 # Uploaded when present, beside the weights, config, code and processor config.
 OPTIONAL_FILES = ("metrics.json", "train_args.json")

@@ -21,13 +21,14 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .dataset_names import canonical_dataset_name
+from .data_splits import describe_splits
 
 __all__ = ["TEMPLATE_PATH", "HubFolderError", "build_card", "final_metrics", "metric_label", "read_json"]
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md.jinja"
 # Numbers in metrics.json that describe the run rather than measure retrieval.
 META_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "world_size", "global_step",
-             "split", "seed", "epoch", "partial_resume",
+             "split", "splits", "seed", "epoch", "partial_resume",
              "num_queries", "num_gallery", "embedding_dim", "runtime", "samples_per_second", "steps_per_second"}
 DATASET_NAMES = {"cub": "CUB-200-2011", "cars": "Cars196", "sop": "Stanford Online Products",
                  "inshop": "In-Shop Clothes Retrieval", "omniglot": "Omniglot", "caltech101": "Caltech-101",
@@ -211,6 +212,7 @@ def _recipe(config: dict, metrics: dict, train_args: dict, dataset_name: str, ba
     m, d, t = (train_args.get(k) or {} for k in ("model", "data", "training"))
     g = config.get("geometry", "poincare")
     rows = [("Dataset", f"{dataset_name}" + (f" (`--dataset {d['dataset']}`)" if d.get("dataset") else "")),
+            *([("Splits", describe_splits(metrics["splits"]))] if isinstance(metrics.get("splits"), dict) else []),
             ("Encoder", backbone_text.rstrip(".")),
             ("Head", f"Linear({config.get('backbone_hidden_size')} → {config.get('embedding_dim')}), geometry "
                      f"`{g}`" + (f", curvature c = {config.get('curvature')}, clip radius r = {config.get('clip_radius')}"

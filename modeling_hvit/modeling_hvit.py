@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_hvit import HViTConfig, is_distilled
 from .hyperbolic import clip_features, expmap0
+from .image_processing_hvit import evaluation_image_processor
 
 logger = logging.get_logger(__name__)
 
@@ -208,20 +209,16 @@ class HViTModel(HViTPreTrainedModel):
         return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
-        """Weights and config as usual, plus the backbone's image processor (a default one if unknown)."""
+        """Weights and config as usual, plus the evaluation image processor (from the one the model holds)."""
         super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            processor = self.image_processor or default_image_processor(self.config)
-            processor.save_pretrained(save_directory)
+        if is_main_process:  # the evaluation preprocessing, as a standard processor (image_processing_hvit)
+            evaluation_image_processor(self.image_processor, self.config).save_pretrained(save_directory)
 
 
 def default_image_processor(config: HViTConfig):
-    """A ViT-style processor at the backbone's input size (mean = std = 0.5), for models built from config."""
-    from transformers import ViTImageProcessor
-
-    size = getattr(config.backbone_config, "image_size", 224)
-    return ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
-                             resample=3)
+    """The evaluation processor of a model built from config: its input size (timm: its pretrained_cfg),
+    shorter side = crop, bicubic, mean = std = 0.5."""
+    return evaluation_image_processor(None, config)
 
 
 __all__ = ["HViTModel", "HViTOutput", "HViTPreTrainedModel", "HViTProjection", "default_image_processor"]

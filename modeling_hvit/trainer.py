@@ -20,6 +20,7 @@ from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings
 from .metrics import DEFAULT_RECALL_KS
 from .sampling import ClassPairSampler
+from .transforms import pixel_values_for
 
 __all__ = ["HViTTrainer", "HViTTrainingArguments", "make_compute_metrics"]
 
@@ -127,7 +128,7 @@ class HViTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"])
+        outputs = model(pixel_values=pixel_values_for(model, inputs["pixel_values"]))  # uint8 → normalised
         embeddings, global_labels = gather_batch(outputs.embeddings.float(), labels)
         result = self.loss_fn(embeddings, global_labels)
         if model.training:
@@ -139,7 +140,7 @@ class HViTTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         labels = inputs["labels"]
         with torch.no_grad(), self.compute_loss_context_manager():
-            out = model(pixel_values=inputs["pixel_values"])
+            out = model(pixel_values=pixel_values_for(model, inputs["pixel_values"]))
         return None, (out.embeddings.float(), out.encoder_embeddings.float()), labels
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:

@@ -23,6 +23,7 @@ from transformers.utils import logging
 from .checkpoint import write_manifest
 from .configuration_hvit import HViTConfig
 from .data import DataArguments, dataset_labels
+from .data_splits import describe_splits, split_summary
 from .metrics import recall_ks_for
 from .modeling_hvit import HViTModel
 from .trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(targs.seed)
     start = time.perf_counter()
     dsd = dargs.build()
+    splits = split_summary(dsd, dargs.dataset)  # recorded in metrics.json and the card
+    logger.warning(f"splits: {describe_splits(splits)}")
     eval_split = "test" if "test" in dsd else "query"
     train_ds, eval_ds = dsd["train"], dsd[eval_split]
     gallery_ds = dsd["gallery"] if eval_split == "query" and "gallery" in dsd else None  # In-Shop
@@ -144,14 +147,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     auto = margs.curvature.strip().lower() == "auto"
     model = build_model(margs, 0.1 if auto else float(margs.curvature))
     train_tf, eval_tf = transforms_for_model(model, dargs.dataset, margs.image_size, dargs.crop_scale_min)
-    train_set, eval_set = with_image_transform(train_ds, train_tf), with_image_transform(eval_ds, eval_tf)
+    def with_tf(ds, tf):  # decode errors name the file; --skip_bad_images replaces them (counted)
+        return with_image_transform(ds, tf, skip_bad_images=dargs.skip_bad_images)
+
+    train_set, eval_set = with_tf(train_ds, train_tf), with_tf(eval_ds, eval_tf)
     ks = targs.ks or recall_ks_for(dargs.dataset)
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
                           train_labels=train_labels,
-                          gallery_dataset=with_image_transform(gallery_ds, eval_tf) if gallery_ds is not None else None,
+                          gallery_dataset=with_tf(gallery_ds, eval_tf) if gallery_ds is not None else None,
                           compute_metrics=make_compute_metrics(model.config.geometry, model.config.curvature, ks))
     if auto:
-        _set_curvature_from_delta(trainer, with_image_transform(train_ds, eval_tf), margs, ks)
+        _set_curvature_from_delta(trainer, with_tf(train_ds, eval_tf), margs, ks)
 
     before = trainer.evaluate(metric_key_prefix="before")
     trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_model(targs.output_dir)
     if trainer.is_world_process_zero():  # save_model also wrote the image processor (HViTModel.save_pretrained)
         summary = {**results["trained"], "untrained": results["untrained"], "wall_seconds": time.perf_counter() - start,
-                   "dataset": dargs.dataset, "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
+                   "dataset": dargs.dataset, "splits": splits,
+                   "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
                    "world_size": trainer.args.world_size, "global_step": trainer.state.global_step}
         summary.update({k: v for h in trainer.state.log_history for k, v in h.items() if k == "partial_resume"})
         Path(targs.output_dir, "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -2,10 +2,16 @@
 """Image transforms in PIL + torch (no torchvision), as in the paper's recipe (SPEC §5).
 
 Train: RandomResizedCrop(size, scale 0.2–1, ratio 3/4–4/3, bicubic) + horizontal flip (p = 0.5).
-Eval: resize the shorter side (bicubic; 256 for CUB at 224, else the crop size) + center crop.
-Both convert any PIL mode to RGB first (:func:`to_rgb`) and normalise with the backbone's image
-processor's ``image_mean`` / ``image_std``. The crop geometry follows torchvision's definitions
-(same sampling loop, same rounding) so published numbers stay comparable.
+Eval: the model's evaluation processor (:mod:`image_processing_hvit`): resize the shorter side, centre
+crop (as transformers' processors: offset ``(size - crop) // 2``). Both convert any PIL mode to RGB
+first (:func:`to_rgb`). The random crop follows torchvision's definitions (same sampling loop, same
+rounding) so published numbers stay comparable.
+
+DataLoader workers emit **uint8** images (4× less shared memory than float32: a 900-image batch at
+224² is 129 MiB, not 517 MiB); :func:`pixel_values_for` normalises them on the model's device with the
+model's evaluation processor's mean/std, through a 256-entry table per channel computed exactly as the
+float path (and the processor) does, so the numbers are bit-identical. Passing ``mean``/``std`` to a
+transform gives the old normalised float32 output instead.
 
 Randomness: a :class:`TrainTransform` draws from an explicit ``torch.Generator``. Given ``seed``,
 it is reproducible in the main process, and inside each DataLoader worker it reseeds from
@@ -15,21 +21,26 @@ worker), so workers do not repeat each other's crops and runs repeat under ``tor
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .data_sources import DataError
 from .dataset_names import canonical_dataset_name
+from .image_processing_hvit import EvalPreprocessing, read_preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = Image.Resampling.BICUBIC
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "TrainTransform", "eval_resize_for", "transforms_for_model",
-           "normalization_from_processor", "to_rgb", "with_image_transform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "TrainTransform", "eval_processor_for",
+           "eval_resize_for", "eval_transform_for", "normalization_from_processor", "pixel_values_for",
+           "preprocess", "to_rgb", "transforms_for_model", "with_image_transform"]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -62,27 +73,73 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def normalization_from_processor(processor=None, image_mean: Sequence[float] | None = None,
                                  image_std: Sequence[float] | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)``: explicit values, else the processor's ``image_mean``/``image_std``, else ImageNet."""
-    mean = image_mean if image_mean is not None else getattr(processor, "image_mean", None)
-    std = image_std if image_std is not None else getattr(processor, "image_std", None)
-    mean = tuple(float(m) for m in (IMAGENET_MEAN if mean is None else mean))
-    std = tuple(float(s) for s in (IMAGENET_STD if std is None else std))
+    """``(mean, std)``: explicit values, else the processor's (any type, timm's ``data_config`` included,
+    see :func:`image_processing_hvit.read_preprocessing`), else ImageNet when there is no processor."""
+    if processor is not None and (image_mean is None or image_std is None):
+        prep = read_preprocessing(processor)
+        image_mean = prep.image_mean if image_mean is None else image_mean
+        image_std = prep.image_std if image_std is None else image_std
+    mean = tuple(float(m) for m in (IMAGENET_MEAN if image_mean is None else image_mean))
+    std = tuple(float(s) for s in (IMAGENET_STD if image_std is None else image_std))
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"expected 3 channel means and 3 positive stds, got mean={mean}, std={std}")
     return mean, std
 
 
 def eval_resize_for(dataset: str, image_size: int = 224) -> int:
-    """Shorter-side resize before the eval center crop: 256/224 of the crop for CUB, else the crop."""
+    """The recipe's shorter-side resize before the eval crop: 256/224 of the crop for CUB, else the crop."""
     return round(image_size * 256 / 224) if canonical_dataset_name(dataset) == "cub" else image_size
+
+
+def to_uint8(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image → uint8 tensor [3, H, W] (what DataLoader workers send)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """RGB PIL image → normalised float32 tensor [3, H, W]."""
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    x = to_uint8(image).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return x.sub_(m).div_(s)
+
+
+@functools.lru_cache(maxsize=32)
+def _normalisation_table(mean: tuple[float, ...], std: tuple[float, ...], device: str) -> torch.Tensor:
+    """[3, 256] float32: the normalised value of each uint8 level, computed by :func:`to_tensor`'s ops."""
+    table = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256).float().div_(255.0)  # as [3, H=1, W=256]
+    table = table.sub_(torch.tensor(mean).view(3, 1, 1)).div_(torch.tensor(std).view(3, 1, 1))
+    return table.view(3, 256).to(device)
+
+
+def normalize_uint8(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [..., 3, H, W] → float32 normalised, on the input's device, bit-identical to :func:`to_tensor`."""
+    table = _normalisation_table(tuple(float(m) for m in mean), tuple(float(s) for s in std), str(pixel_values.device))
+    out = torch.empty(pixel_values.shape, dtype=torch.float32, device=pixel_values.device)
+    for c in range(3):
+        out[..., c, :, :] = table[c][pixel_values[..., c, :, :].long()]
+    return out
+
+
+def _unwrap(model):
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / DataParallel / torch.compile
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def model_preprocessing(model) -> EvalPreprocessing:
+    """The model's evaluation preprocessing: from the processor it holds, else from its config."""
+    model = _unwrap(model)
+    return read_preprocessing(getattr(model, "image_processor", None), model.config.backbone_config)
+
+
+def pixel_values_for(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """A batch as the model takes it: uint8 (from the workers) → normalised float32 on its device with
+    the model's evaluation mean/std; float batches (already normalised) unchanged."""
+    if pixel_values.dtype != torch.uint8:
+        return pixel_values
+    prep = model_preprocessing(model)
+    return normalize_uint8(pixel_values, prep.image_mean, prep.image_std)
 
 
 def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
@@ -110,12 +167,13 @@ def random_resized_crop_box(width: int, height: int, scale: tuple[float, float],
 
 
 class TrainTransform:
-    """RandomResizedCrop + horizontal flip + normalise; PIL image → tensor [3, size, size]."""
+    """RandomResizedCrop + horizontal flip; PIL image → uint8 [3, size, size] (normalised float32
+    when ``mean``/``std`` are given)."""
 
-    def __init__(self, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    def __init__(self, image_size: int = 224, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  *, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  flip_p: float = 0.5, seed: int | None = None, generator: torch.Generator | None = None):
-        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        self.image_size, self.mean, self.std = image_size, _optional(mean), _optional(std)
         self.scale, self.ratio, self.flip_p, self.seed = scale, ratio, flip_p, seed
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
@@ -140,18 +198,27 @@ class TrainTransform:
         out = image.resize((self.image_size, self.image_size), BICUBIC, box=(left, top, left + w, top + h))
         if torch.rand(1, generator=g).item() < self.flip_p:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return to_tensor(out, self.mean, self.std)
+        return _output(out, self.mean, self.std)
 
 
 class EvalTransform:
-    """Resize the shorter side to ``resize_size`` (bicubic), center-crop ``image_size``, normalise."""
+    """Resize the shorter side to ``resize_size`` (``resample``), centre-crop ``image_size``: the pixels
+    of transformers' processors with ``size={"shortest_edge"}`` and ``crop_size`` (PIL backend);
+    uint8 [3, size, size] out (normalised float32 when ``mean``/``std`` are given)."""
 
-    def __init__(self, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 *, resize_size: int | None = None):
-        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+    def __init__(self, image_size: int = 224, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 *, resize_size: int | None = None, resample: int = BICUBIC):
+        self.image_size, self.mean, self.std = image_size, _optional(mean), _optional(std)
         self.resize_size = image_size if resize_size is None else resize_size
+        self.resample = resample
         if self.resize_size < image_size:
             raise ValueError(f"resize_size {self.resize_size} is smaller than the crop {image_size}")
+
+    @classmethod
+    def from_preprocessing(cls, prep: EvalPreprocessing, *, normalize: bool = False) -> "EvalTransform":
+        """Geometry of ``prep`` (uint8 out), or its full preprocessing with ``normalize=True``."""
+        norm = (prep.image_mean, prep.image_std) if normalize else (None, None)
+        return cls(prep.crop_size, *norm, resize_size=prep.resize_size, resample=prep.resample)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = to_rgb(image)
@@ -159,38 +226,131 @@ class EvalTransform:
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         size = (new_short, new_long) if width <= height else (new_long, new_short)
-        image = image.resize(size, BICUBIC)
-        left = int(round((size[0] - self.image_size) / 2.0))
-        top = int(round((size[1] - self.image_size) / 2.0))
+        image = image.resize(size, self.resample)
+        left, top = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
         image = image.crop((left, top, left + self.image_size, top + self.image_size))
-        return to_tensor(image, self.mean, self.std)
+        return _output(image, self.mean, self.std)
 
 
-def transforms_for_model(model, dataset: str, image_size: int | None = None,
+def _optional(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def _output(image: Image.Image, mean, std) -> torch.Tensor:
+    return to_uint8(image) if mean is None and std is None else to_tensor(image, mean or IMAGENET_MEAN, std or IMAGENET_STD)
+
+
+def eval_processor_for(model, dataset: str | None = None, image_size: int | None = None):
+    """The model's evaluation processor (a ``BitImageProcessor``): its mean/std/resample from the
+    processor it holds (or its config); with ``dataset`` (training time) the recipe decides the
+    geometry: crop ``image_size``, shorter side :func:`eval_resize_for`, bicubic (SPEC §5)."""
+    prep = model_preprocessing(model)
+    if dataset is not None:
+        size = image_size or prep.crop_size
+        prep = EvalPreprocessing(size, eval_resize_for(dataset, size), int(BICUBIC), prep.image_mean, prep.image_std)
+    elif image_size is not None and image_size != prep.crop_size:
+        prep = prep.scaled_to(image_size)
+    return prep.to_processor()
+
+
+def eval_transform_for(model, image_size: int | None = None) -> EvalTransform:
+    """The model's evaluation transform (uint8 out; :func:`pixel_values_for` normalises), from the
+    processor saved with it; ``image_size`` rescales the crop (and the resize with it)."""
+    prep = model_preprocessing(model)
+    return EvalTransform.from_preprocessing(prep if image_size is None else prep.scaled_to(image_size))
+
+
+def preprocess(images: Sequence[Image.Image], model) -> torch.Tensor:
+    """PIL images → the normalised float32 batch the model evaluates (its saved evaluation processor)."""
+    transform = eval_transform_for(model)
+    return pixel_values_for(model, torch.stack([transform(im) for im in images]))
+
+
+def transforms_for_model(model, dataset: str | None = None, image_size: int | None = None,
                          crop_scale_min: float = 0.2) -> tuple[TrainTransform, EvalTransform]:
-    """Train and eval transforms at the model's input size, normalised as its image processor says
-    (the default processor of `HViTModel` when it has none)."""
-    from .modeling_hvit import default_image_processor
+    """Train and eval transforms (uint8 out) at the model's input size.
 
-    processor = getattr(model, "image_processor", None) or default_image_processor(model.config)
-    mean, std = normalization_from_processor(processor)
-    size = image_size or getattr(model.config.backbone_config, "image_size", 224)
-    return (TrainTransform(size, mean, std, scale=(crop_scale_min, 1.0)),
-            EvalTransform(size, mean, std, resize_size=eval_resize_for(dataset, size)))
+    With ``dataset`` (training time) the recipe decides the evaluation preprocessing and it is set as
+    ``model.image_processor``, so that what is evaluated during training is what `save_pretrained`
+    writes and every later path (eval_hvit.py, AutoImageProcessor, pipeline) reads; without, the
+    model's own (saved) evaluation processor is used.
+    """
+    if dataset is not None:
+        _unwrap(model).image_processor = eval_processor_for(model, dataset, image_size)
+    eval_tf = eval_transform_for(model, None if dataset is not None else image_size)
+    return TrainTransform(eval_tf.image_size, scale=(crop_scale_min, 1.0)), eval_tf
 
 
-def with_image_transform(dataset, transform, *, image_column: str = "image", label_column: str = "label"):
-    """``dataset.with_transform`` emitting ``{"pixel_values": FloatTensor[3,H,W], "labels": int}``.
+def with_image_transform(dataset, transform, *, image_column: str = "image", label_column: str = "label",
+                         skip_bad_images: bool = False):
+    """``dataset.with_transform`` emitting ``{"pixel_values": Tensor[3,H,W], "labels": int}``.
 
+    Images are decoded here (as ``datasets.Image`` would), so an unreadable one raises a
+    :class:`DataError` naming its file; with ``skip_bad_images`` it is replaced by the first readable
+    image of the same class in the split, with a warning and a running count.
     Collect labels (``dataset_labels``) *before* calling this: a transformed dataset only yields the
     transform's keys. Use with ``remove_unused_columns=False`` and ``label_names=["labels"]``.
     """
+    import datasets
+
     for col in (image_column, label_column):
         if col not in dataset.column_names:
             raise KeyError(f"dataset has no column {col!r} (columns: {dataset.column_names})")
+    feature = dataset.features[image_column]
+    decoder = datasets.Image(mode=feature.mode) if isinstance(feature, datasets.Image) and feature.decode else None
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False)) if decoder is not None else dataset
+    substitute = _Substitutes(raw, image_column, label_column, decoder) if skip_bad_images else None
 
     def apply(batch: dict) -> dict:
-        return {"pixel_values": [transform(im) for im in batch[image_column]],
-                "labels": [int(y) for y in batch[label_column]]}
+        labels = [int(y) for y in batch[label_column]]
+        images = [_decode(v, decoder, substitute, y) for v, y in zip(batch[image_column], labels)]
+        return {"pixel_values": [transform(im) for im in images], "labels": labels}
 
-    return dataset.with_transform(apply, columns=[image_column, label_column])
+    return raw.with_transform(apply, columns=[image_column, label_column])
+
+
+def _describe(value) -> str:
+    path = value.get("path") if isinstance(value, dict) else None
+    return repr(path) if path else "an image stored without a path"
+
+
+def _decode(value, decoder, substitute, label: int) -> Image.Image:
+    if decoder is None or isinstance(value, Image.Image):
+        return value
+    try:
+        image = decoder.decode_example(value)
+        image.load()
+        return image
+    except Exception as err:  # PIL raises a zoo of types for bad data
+        reason = f"image {_describe(value)} is not readable ({type(err).__name__}: {err})"
+        if substitute is None:
+            raise DataError(f"{reason}; rebuild with verify_images=True to find all bad images, or pass "
+                            "skip_bad_images=True to replace them by another image of the class") from None
+        return substitute(label, reason)
+
+
+class _Substitutes:
+    """Replacement images for unreadable ones: the first readable image of the same class."""
+
+    def __init__(self, raw, image_column: str, label_column: str, decoder):
+        self.raw, self.image_column, self.label_column, self.decoder = raw, image_column, label_column, decoder
+        self.by_label: dict[int, list[int]] | None = None
+        self.count = 0
+
+    def __call__(self, label: int, reason: str) -> Image.Image:
+        if self.by_label is None:
+            self.by_label = {}
+            for i, y in enumerate(self.raw.with_format(None)[self.label_column]):
+                self.by_label.setdefault(int(y), []).append(i)
+        self.count += 1
+        for i in self.by_label.get(label, []):
+            value = self.raw.with_format(None)[i][self.image_column]
+            try:
+                image = self.decoder.decode_example(value)
+                image.load()
+            except Exception:
+                continue
+            warnings.warn(f"{reason}; replaced by {_describe(value)} of the same class (skip_bad_images; "
+                          f"{self.count} replaced so far in this process)", stacklevel=2)
+            return image
+        raise DataError(f"{reason}, and no readable image of its class {label} is left to replace it")

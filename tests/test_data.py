@@ -121,9 +121,24 @@ def test_cub_wrong_field_count_names_file_and_line(tmp_path):
 
 def test_cub_class_id_out_of_range(tmp_path):
     files, _ = cub_files()
-    files["CUB_200_2011/image_class_labels.txt"] += "5 9\n"
+    files["CUB_200_2011/image_class_labels.txt"] += "13 9\n"
     files["CUB_200_2011/images.txt"] += "13 004.Bird_4/img_0.jpg\n"
     with pytest.raises(DataError, match=r"image_class_labels\.txt:13: class id 9 out of range"):
+        build("cub", str(write_files(tmp_path / "cub", files)), tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("name,line,pattern", [
+    ("images.txt", "5 001.Bird_1/img_2.jpg", r"images\.txt:13: duplicate image_id 5 \(first listed at .*images\.txt:\d+\)"),
+    ("image_class_labels.txt", "5 1", r"image_class_labels\.txt:13: duplicate image_id 5 \(first listed at "),
+    ("classes.txt", "3 003.Renamed", r"classes\.txt:5: duplicate class_id 3 \(first listed at .*classes\.txt:3\)"),
+    ("train_test_split.txt", "5 0", r"train_test_split\.txt:13: duplicate image_id 5 \(first listed at "),
+])
+def test_cub_duplicate_keys_are_errors(tmp_path, name, line, pattern):
+    files, _ = cub_files()
+    files["CUB_200_2011/train_test_split.txt"] = "".join(f"{k} {k % 2}\n" for k in range(1, 13))
+    build("cub", str(write_files(tmp_path / "ok", files)), tmp_path=tmp_path)  # the official layout builds
+    files["CUB_200_2011/" + name] += line + "\n"
+    with pytest.raises(DataError, match=pattern):
         build("cub", str(write_files(tmp_path / "cub", files)), tmp_path=tmp_path)
 
 
@@ -148,6 +163,29 @@ def test_missing_corrupt_truncated_images_fail_or_are_skipped(tmp_path):
     # without verification only the missing file is caught at build time
     with pytest.raises(DataError, match="1 bad image record"):
         build("cub", str(tmp_path / "folder"), tmp_path=tmp_path, verify_images=False)
+
+
+def test_cut_jpeg_with_end_marker_is_reported(tmp_path):
+    from modeling_hvit.data_sources import check_image
+
+    rng = np.random.default_rng(0)
+    arr = np.clip(rng.integers(0, 60, (90, 120, 3)) + np.linspace(0, 190, 120)[None, :, None], 0, 255).astype(np.uint8)
+    for mode, subsampling in (("RGB", 2), ("RGB", 0), ("L", 0)):
+        buf = io.BytesIO()
+        Image.fromarray(arr).convert(mode).save(buf, format="JPEG", quality=90, subsampling=subsampling)
+        good = buf.getvalue()
+        assert check_image(good) is None
+        for cut in (0.3, 0.9):
+            cut_file = good[: int(len(good) * cut)] + b"\xff\xd9"  # PIL decodes it: a flat grey tail
+            Image.open(io.BytesIO(cut_file)).load()
+            assert "truncated JPEG" in check_image(cut_file)
+    files, _ = cub_files()
+    files["CUB_200_2011/images/002.Bird_2/img_0.jpg"] = good[: len(good) // 2] + b"\xff\xd9"
+    root = write_files(tmp_path / "cub", files)
+    with pytest.raises(DataError, match=r"002\.Bird_2/img_0\.jpg: truncated JPEG"):
+        build("cub", str(root), tmp_path=tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 bad"):
+        assert len(build("cub", str(root), tmp_path=tmp_path, skip_bad_images=True)["train"]) == 5
 
 
 def test_duplicate_paths_reported(tmp_path):
@@ -216,6 +254,24 @@ def test_cars_class_out_of_range(tmp_path):
         build("cars", str(cars_files(tmp_path, classes=(1, 2, 7, 3, 4))), tmp_path=tmp_path)
 
 
+def test_cars_duplicate_image_or_class_name(tmp_path):
+    root = cars_files(tmp_path)
+    from scipy.io import loadmat, savemat
+
+    mat = loadmat(root / "cars_annos.mat")
+    ann = mat["annotations"]
+    ann[0, 4]["relative_im_path"] = ann[0, 1]["relative_im_path"]
+    savemat(root / "cars_annos.mat", {"annotations": ann, "class_names": mat["class_names"]})
+    with pytest.raises(DataError, match=r"annotations\[4\]: duplicate relative_im_path car_ims/000002\.jpg "
+                                        r"\(first listed at .*annotations\[1\]\)"):
+        build("cars", str(root), tmp_path=tmp_path)
+    names = mat["class_names"].copy()
+    names[0, 2] = names[0, 0]
+    savemat(root / "cars_annos.mat", {"annotations": mat["annotations"], "class_names": names})
+    with pytest.raises(DataError, match=r"class_names\[2\]: duplicate class name Car 1"):
+        build("cars", str(root), tmp_path=tmp_path)
+
+
 # -- SOP -----------------------------------------------------------------------------------------------
 def sop_files(test_classes=(3, 4)):
     header = "image_id class_id super_class_id path\n"
@@ -254,6 +310,14 @@ def test_sop_errors(tmp_path):
         build("sop", str(write_files(tmp_path / "b", files)), tmp_path=tmp_path)
 
 
+def test_sop_duplicate_image_id(tmp_path):
+    files = sop_files()
+    files["Ebay_train.txt"] += "3 2 2 cabinet_final/2_9.JPG\n"
+    files["cabinet_final/2_9.JPG"] = image_bytes(50)
+    with pytest.raises(DataError, match=r"Ebay_train\.txt:6: duplicate image_id 3 \(first listed at .*Ebay_train\.txt:4\)"):
+        build("sop", str(write_files(tmp_path / "a", files)), tmp_path=tmp_path)
+
+
 # -- In-Shop -------------------------------------------------------------------------------------------
 def inshop_files(count=None, status_override=None):
     rows = [("img/WOMEN/Dresses/id_00000001/01_1_front.jpg", "id_00000001", "train"),
@@ -285,6 +349,17 @@ def test_inshop_errors(tmp_path):
     ann, images = inshop_files(status_override="val")
     with pytest.raises(DataError, match=r"list_eval_partition\.txt:8: evaluation_status 'val'"):
         build("inshop", str(write_files(tmp_path / "b", {**ann, **{"Img/" + k: v for k, v in images.items()}})), tmp_path=tmp_path)
+
+
+def test_inshop_duplicate_image_name(tmp_path):
+    ann, images = inshop_files()
+    lines = ann["Eval/list_eval_partition.txt"].splitlines()
+    lines[0] = "7"
+    lines.append("img/WOMEN/Dresses/id_00000001/01_2_side.jpg id_00000001 train")
+    ann["Eval/list_eval_partition.txt"] = "\n".join(lines) + "\n"
+    with pytest.raises(DataError, match=r"list_eval_partition\.txt:9: duplicate image_name img/WOMEN/Dresses/"
+                                        r"id_00000001/01_2_side\.jpg \(first listed at .*list_eval_partition\.txt:4\)"):
+        build("inshop", str(write_files(tmp_path / "a", {**ann, **{"Img/" + k: v for k, v in images.items()}})), tmp_path=tmp_path)
 
 
 # -- Omniglot, Caltech, folder, hub ---------------------------------------------------------------------
@@ -330,6 +405,37 @@ def test_folder_rules(tmp_path):
     given["test/a/9.png"] = image_bytes(9, "PNG")
     with pytest.raises(DataError, match="class 'a' of split 'test' also appears in 'train'"):
         build("folder", str(write_files(tmp_path / "h", given)), tmp_path=tmp_path, split_rule="given")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file names with invalid UTF-8 bytes need a POSIX file system")
+def test_non_utf8_names_are_stored_escaped(tmp_path):
+    names = [(b"caf\xe9", b"a.png"), (b"caf\xe9", b"b.png"), (b"ok", b"img\xff.png"), (b"ok", b"x.png"),
+             (b"b", b"1.png"), (b"c", b"1.png")]
+    folder = tmp_path / "f"
+    data = {}
+    for k, (cls, name) in enumerate(names):
+        os.makedirs(os.path.join(os.fsencode(folder), cls), exist_ok=True)
+        data[os.fsdecode(cls + b"/" + name)] = image_bytes(k, "PNG")
+        with open(os.path.join(os.fsencode(folder), cls, name), "wb") as fh:
+            fh.write(data[os.fsdecode(cls + b"/" + name)])
+    archive = tmp_path / "f.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+        for rel, blob in sorted(data.items()):
+            info = tarfile.TarInfo(rel)
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    want = {"b": [4], "c": [5], "caf\\xe9": [0, 1], "ok": [2, 3]}
+    for root in (folder, archive):
+        with pytest.warns(UserWarning, match=r"1 class name\(s\) are not valid UTF-8; stored with .*caf\\\\xe9"):
+            ds = build("folder", str(root), tmp_path=tmp_path)
+        names_ = ds["train"].features["label"].names
+        assert names_ == ["b", "c", "caf\\xe9", "ok"]
+        for split in ("train", "test"):
+            for row in ds[split]:
+                pixels = [np.asarray(Image.open(io.BytesIO(image_bytes(k, "PNG")))) for k in want[names_[row["label"]]]]
+                assert any(np.array_equal(np.asarray(row["image"]), p) for p in pixels)
+        paths = [r["image"]["path"] for r in ds["test"].cast_column("image", datasets.Image(decode=False))]
+        assert any(p.endswith("ok/img\\xff.png") for p in paths)
 
 
 def test_hub_dataset_by_name_with_columns(tmp_path):
@@ -378,3 +484,20 @@ def test_real_caltech101(tmp_path):
     pixels = batch * 0.5 + 0.5  # back to [0, 1]
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
     assert 0.2 < pixels.mean() < 0.8 and pixels.std() > 0.1
+
+
+@pytest.mark.slow
+def test_training_without_verification_names_a_bad_image_or_replaces_it(tmp_path):
+    from modeling_hvit.training import main
+
+    files = {f"{c}/{i}.png": image_bytes(10 * k + i, "PNG", size=(20, 20)) for k, c in enumerate("abcd") for i in range(4)}
+    files["d/0.png"] = b"\x89PNG\r\n\x1a\n but cut"  # a test image: the first evaluation decodes it
+    root = write_files(tmp_path / "imgs", files)
+    args = ["--dataset", "folder", "--data_dir", str(root), "--verify_images", "false", "--max_steps", "1",
+            "--per_device_train_batch_size", "4", "--samples_per_class", "2", "--report_to", "none",
+            "--disable_tqdm", "true", "--dataloader_num_workers", "0"]
+    with pytest.raises(DataError, match=r"d/0\.png'? is not readable .*skip_bad_images"):
+        main(args + ["--output_dir", str(tmp_path / "a")])
+    with pytest.warns(UserWarning, match=r"d/0\.png'? is not readable .*replaced by .*d/1\.png.*1 replaced so far"):
+        main(args + ["--output_dir", str(tmp_path / "b"), "--skip_bad_images", "true"])
+    assert (tmp_path / "b" / "model.safetensors").is_file()

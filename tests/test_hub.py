@@ -38,6 +38,7 @@ JUNK = ["training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", 
         "checkpoint-1/optimizer.pt", "checkpoint-1/model.safetensors", "checkpoint-1/trainer_state.json",
         "runs/Nov26_18-00-00/events.out.tfevents.1", "notes.txt"]
 EXPECTED = {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py",
+            "image_processing_hvit.py",
             "preprocessor_config.json", "metrics.json", "train_args.json", "poincare_disk.png"}
 RUN_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "world_size",
             "global_step"}  # the non-metric keys of training.py's metrics.json
