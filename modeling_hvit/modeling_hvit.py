@@ -104,7 +104,7 @@ class HViTModel(HViTPreTrainedModel):
             block.requires_grad_(False)
 
     # -- forward --------------------------------------------------------------------------------
-    def encode(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ModelOutput]:
+    def forward_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ModelOutput]:
         """The encoder's CLS feature after its final LayerNorm, and the raw backbone output."""
         out = self.backbone(pixel_values=pixel_values, **kwargs)
         if hasattr(self.backbone, "timm_model"):
@@ -138,7 +138,7 @@ class HViTModel(HViTPreTrainedModel):
             extra["output_attentions"] = output_attentions
         if interpolate_pos_encoding is not None and self.config.backbone_config.model_type in _NO_POOLER:
             extra["interpolate_pos_encoding"] = interpolate_pos_encoding
-        features, out = self.encode(pixel_values, **extra)
+        features, out = self.forward_features(pixel_values, **extra)
         return HViTOutput(
             embeddings=self.project(features),
             encoder_embeddings=features,
