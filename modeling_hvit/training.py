@@ -89,8 +89,6 @@ PAPER_DEFAULTS = {"embedding_dim", "geometry", "curvature", "clip_radius", "free
                   "image_size", "crop_scale_min", "learning_rate", "weight_decay", "lr_scheduler_type",
                   "max_grad_norm", "per_device_train_batch_size", "samples_per_class", "temperature",
                   "loss_reduction"}
-# Recipe keys that belong to the recipe's dataset: not inherited by a run on another dataset.
-DATASET_SPECIFIC = ("recall_ks",)
 RECALL_KS_HELP = ("by dataset: CUB/Cars 1,2,4,8,16,32; SOP 1,10,100,1000; In-Shop 1,10,20,30,40,50; "
                   "others 1,2,4,8,16,32")
 
@@ -230,12 +228,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
         if "recall_ks" in recipe and "recall_ks" not in given:
             targs.recall_ks = None  # Recall@K by dataset (metrics.recall_ks_for), not the recipe's
         if recipe_name == "demo recipe":
-            inherited = {k: v for k, v in recipe.items() if k not in given and k not in DATASET_SPECIFIC
-                         and k in PAPER_DEFAULTS}
+            paper = _defaults()
+            inherited = {k: v for k, v in recipe.items() if k in PAPER_DEFAULTS and k not in given and v != paper[k]}
             if inherited:
                 logger.warning(
                     f"--dataset {dargs.dataset} without --config: the demo recipe's values apply to "
-                    + ", ".join(f"{k}={v} (paper: {_defaults()[k]})" for k, v in inherited.items())
+                    + ", ".join(f"{k}={v} (paper: {paper[k]})" for k, v in inherited.items())
                     + "; pass --config configs/<recipe>.yaml for a paper recipe, or set these flags "
                     "(`hvit train --help` shows every default and its source)")
     return margs, dargs, targs
