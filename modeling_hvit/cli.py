@@ -69,6 +69,9 @@ def _usage() -> str:
 
 def run(name: str, argv: Sequence[str]) -> int:
     """Run subcommand ``name`` with ``argv``; user errors become one line on stderr and status 2."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"; training and eval bars stay
     module, function = COMMANDS[name].target.split(":")
     prog = f"hvit {name}"
     saved, sys.argv = sys.argv, [prog, *argv]

@@ -173,8 +173,12 @@ def _resolve(inputs: Any, image_column: str) -> tuple[Sequence[Any], list[str | 
     return sources, ids
 
 
-def _keep_rows(rows: list) -> list:
-    return rows
+def _collate(rows: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """``(indices read, their pixels stacked, [(index, error)])``: one tensor per batch crosses from
+    a worker process, not one per image."""
+    good = [(i, pixels) for i, pixels, error in rows if error is None]
+    bad = [(i, error) for i, _, error in rows if error is not None]
+    return [i for i, _ in good], torch.stack([p for _, p in good]) if good else None, bad
 
 
 # -- encoding -----------------------------------------------------------------------------------------
@@ -221,7 +225,7 @@ def encode(model, inputs: Any, batch_size: int = 32, device: str | torch.device 
     was_training = model.training
     model.to(device).eval()
     loader = torch.utils.data.DataLoader(_Items(sources, ids, image_transform(model)), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_keep_rows,
+                                         num_workers=num_workers, collate_fn=_collate,
                                          pin_memory=device.type == "cuda")
     if show_progress_bar is None:
         show_progress_bar = sys.stderr.isatty() and len(loader) > 1
@@ -233,26 +237,21 @@ def encode(model, inputs: Any, batch_size: int = 32, device: str | torch.device 
     heads, encoders, kept, skipped = [], [], [], []
     try:
         with torch.inference_mode():
-            for rows in loader:
-                good = []
-                for i, pixels, error in rows:
-                    if error is None:
-                        good.append((i, pixels))
-                    elif skip_bad:
-                        skipped.append((ids[i], error))
-                    else:
+            for read, pixels, bad in loader:
+                for i, error in bad:
+                    if not skip_bad:
                         raise ImageReadError(f"{_describe(ids[i], sources)}: cannot read the image ({error}); "
                                              "pass skip_bad=True to leave unreadable images out")
-                if not good:
+                    skipped.append((ids[i], error))
+                if pixels is None:
                     continue
-                pixels = torch.stack([p for _, p in good]).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    out = model(pixel_values=pixels)
+                    out = model(pixel_values=pixels.to(device, non_blocking=True))
                 if want_head:
                     heads.append(out.embeddings.float().cpu())
                 if want_encoder:
                     encoders.append(out.encoder_embeddings.float().cpu())
-                kept.extend(ids[i] for i, _ in good)
+                kept.extend(ids[i] for i in read)
     finally:
         model.train(was_training)
     if skipped:

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,123 +68,6 @@ class TrainDataArguments(DataArguments):
     crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound (paper 0.2)."})
 
 
-# `--help`: hvit's options first, grouped; each default says where it comes from. Field → group;
-# fields not listed are the other inherited TrainingArguments, shown by `--help-all`.
-HELP_GROUPS = {
-    "model": ("backbone", "model_name_or_path", "embedding_dim", "geometry", "curvature", "clip_radius",
-              "freeze_patch_embed", "freeze_blocks", "image_size", "delta_n", "delta_draws"),
-    "data": ("dataset", "data_dir", "verify_images", "skip_bad_images", "train_fraction", "split_rule",
-             "image_column", "label_column", "hierarchy_column", "hub_config", "crop_scale_min",
-             "dataloader_num_workers"),
-    "loss and sampler": ("per_device_train_batch_size", "samples_per_class", "temperature", "loss_reduction"),
-    "evaluation": ("recall_ks", "max_eval_samples", "eval_strategy", "eval_steps", "per_device_eval_batch_size"),
-    "optimisation and run (TrainingArguments)": (
-        "output_dir", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm",
-        "num_train_epochs", "max_steps", "gradient_accumulation_steps", "bf16", "fp16", "seed", "logging_steps",
-        "save_strategy", "save_steps", "resume_from_checkpoint", "report_to", "push_to_hub", "hub_model_id",
-        "hub_private_repo", "hub_token"),
-}
-# Defaults that are the paper's recipe (SPEC §2–§5); other hvit defaults are this package's choices.
-PAPER_DEFAULTS = {"embedding_dim", "geometry", "curvature", "clip_radius", "freeze_patch_embed", "freeze_blocks",
-                  "image_size", "crop_scale_min", "learning_rate", "weight_decay", "lr_scheduler_type",
-                  "max_grad_norm", "per_device_train_batch_size", "samples_per_class", "temperature",
-                  "loss_reduction"}
-RECALL_KS_HELP = ("by dataset: CUB/Cars 1,2,4,8,16,32; SOP 1,10,100,1000; In-Shop 1,10,20,30,40,50; "
-                  "others 1,2,4,8,16,32")
-
-
-def _train_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, TrainDataArguments, HViTTrainingArguments))
-
-
-def _hvit_fields() -> set[str]:
-    """Fields whose default is hvit's (or the paper's), not transformers'."""
-    from transformers import TrainingArguments
-
-    base = {f.name: f for f in fields(TrainingArguments)}
-    own = {f.name for cls in (ModelArguments, TrainDataArguments) for f in fields(cls)}
-    for f in fields(HViTTrainingArguments):
-        if f.name not in base or _field_default(f) != _field_default(base[f.name]):
-            own.add(f.name)
-    return own
-
-
-def _field_default(f):
-    return f.default_factory() if f.default_factory is not MISSING else f.default
-
-
-def _defaults() -> dict:
-    """Every option's dataclass default (the paper's, hvit's or transformers')."""
-    return {f.name: _field_default(f) for cls in (ModelArguments, TrainDataArguments, HViTTrainingArguments)
-            for f in fields(cls)}
-
-
-def _default_note(dest: str, value, recipe: dict, recipe_name: str, recipe_dataset: str, hvit: set[str],
-                  defaults: dict) -> str:
-    """`default: <value> (<where it comes from>)` for one option."""
-    if dest == "recall_ks":
-        note = RECALL_KS_HELP
-        if "recall_ks" in recipe:
-            note += f"; {recipe_name}: {recipe['recall_ks']} with --dataset {recipe_dataset}"
-        return f"default {note}"
-    if dest in recipe:
-        paper = f"; paper: {defaults[dest]}" if dest in PAPER_DEFAULTS and defaults[dest] != value else ""
-        return f"default: {value} ({recipe_name}{paper})"
-    source = "paper" if dest in PAPER_DEFAULTS else "hvit" if dest in hvit else "transformers"
-    if dest == "temperature" and value is None:
-        return "default: 0.2 for poincare, 0.1 for sphere (paper)"
-    return f"default: {value} ({source})"
-
-
-def format_train_help(parser: HfArgumentParser, recipe: dict, recipe_name: str, full: bool = False) -> str:
-    """`hvit train --help`: hvit's option groups first, every default with its source (the recipe in
-    effect, the paper, hvit or transformers); the other inherited TrainingArguments only when ``full``."""
-    import argparse
-    import copy
-
-    hvit, defaults = _hvit_fields(), _defaults()
-    recipe_dataset = str(recipe.get("dataset", "demo"))
-    display = argparse.ArgumentParser(
-        prog=parser.prog, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage=f"{parser.prog} [--config RECIPE] [--flag value ...]",
-        description=("Train an HViT model. With no flags: the demo recipe (built-in shapes dataset, a tiny ViT "
-                     "from scratch, CPU, minutes).\nSeveral processes/GPUs: accelerate launch -m modeling_hvit "
-                     "train ...\nDefaults come from --config (else the demo recipe), the paper (SPEC §5), hvit, "
-                     "or transformers."),
-        epilog=None if full else "The other ~130 inherited transformers TrainingArguments: --help-all.")
-    general = display.add_argument_group("recipe")
-    general.add_argument("-h", "--help", action="store_true", help="this help; --help-all adds every TrainingArgument")
-    general.add_argument("--config", metavar="RECIPE", help="a .yaml/.json recipe (configs/); its values become "
-                         "the defaults below, flags override them")
-    group_of = {dest: title for title, dests in HELP_GROUPS.items() for dest in dests}
-    groups = {title: display.add_argument_group(title) for title in HELP_GROUPS}
-    if full:
-        groups["other"] = display.add_argument_group("other transformers TrainingArguments")
-    for action in parser._actions:
-        title = group_of.get(action.dest, "other")
-        if action.dest == "help" or title not in groups:
-            continue
-        shown = copy.copy(action)
-        if isinstance(action, argparse._StoreFalseAction):
-            shown.help = f"turn off --{action.dest}"
-        else:
-            note = _default_note(action.dest, action.default, recipe, recipe_name, recipe_dataset, hvit, defaults)
-            shown.help = f"{action.help or ''} [{note}]".strip().replace("%", "%%")
-        groups[title]._group_actions.append(shown)
-    return display.format_help()
-
-
-def _given_dests(parser: HfArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations of the options written on the command line."""
-    given = set()
-    for token in argv:
-        if token.startswith("--"):
-            action = parser._option_string_actions.get(token.split("=", 1)[0])
-            if action is not None:
-                given.add(action.dest)
-    return given
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainDataArguments, HViTTrainingArguments]:
     """Recipe (`--config`, else the demo) as defaults, command-line flags on top.
 
@@ -194,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
     """
     from .dataset_names import canonical_dataset_name
     from .errors import UserError
+    from .training_help import PAPER_DEFAULTS, dataclass_defaults, format_train_help, given_dests
 
     argv = sys.argv[1:] if argv is None else list(argv)
     recipe, recipe_name = dict(DEMO_RECIPE), "demo recipe"
@@ -212,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
         if not isinstance(recipe, dict):
             raise UserError(f"--config {path}: expected a mapping of argument names to values")
         recipe_name = f"--config {path}"
-    parser = _train_parser()
+    parser = HfArgumentParser((ModelArguments, TrainDataArguments, HViTTrainingArguments))
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(recipe) - known)
     if unknown:
@@ -222,13 +106,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
         print(format_train_help(parser, recipe, recipe_name, full="--help-all" in argv))
         raise SystemExit(0)
     margs, dargs, targs = parser.parse_args_into_dataclasses(args=argv)
-    given = _given_dests(parser, argv)
+    given = given_dests(parser, argv)
     recipe_dataset = canonical_dataset_name(str(recipe.get("dataset", "demo")))
     if canonical_dataset_name(dargs.dataset) != recipe_dataset:
         if "recall_ks" in recipe and "recall_ks" not in given:
             targs.recall_ks = None  # Recall@K by dataset (metrics.recall_ks_for), not the recipe's
         if recipe_name == "demo recipe":
-            paper = _defaults()
+            paper = dataclass_defaults()
             inherited = {k: v for k, v in recipe.items() if k in PAPER_DEFAULTS and k not in given and v != paper[k]}
             if inherited:
                 logger.warning(
