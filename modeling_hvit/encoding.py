@@ -257,7 +257,7 @@ def encode(model, inputs: Any, batch_size: int = 32, device: str | torch.device 
     if skipped:
         warnings.warn(f"encode: skipped {len(skipped)} unreadable image(s) of {len(ids)}, first "
                       f"{_describe(skipped[0][0], sources)}: {skipped[0][1]} (all listed in result.skipped)",
-                      stacklevel=2)
+                      stacklevel=3)  # the caller of HViTModel.encode
     config = model.config
     return EncodeResult(
         embeddings=_cat(heads, config.embedding_dim) if want_head else None,

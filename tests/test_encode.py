@@ -158,7 +158,8 @@ def test_bad_row_of_a_dataset_is_named(saved, tmp_path):
     ds = datasets.Dataset.from_dict({"image": [paths[0], str(bad)]}).cast_column("image", datasets.Image())
     with pytest.raises(ImageReadError, match=r"dataset row 1 \(.*bad\.png\)"):
         model.encode(ds)
-    assert model.encode(ds, skip_bad=True).ids == [0]
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        assert model.encode(ds, skip_bad=True).ids == [0]
 
 
 REMOTE_SCRIPT = BLOCK_HVIT_IMPORT + textwrap.dedent("""
