@@ -75,12 +75,13 @@ def measure(args) -> dict:
     from PIL import Image
 
     from modeling_hvit import HViTModel
+    from modeling_hvit.evaluation import PRECISIONS
 
     torch.set_num_threads(args.threads)
     model = HViTModel.from_pretrained(args.model_dir).eval().to(args.device)
     folder = Path(args.subset)
     files = sorted(str(p) for p in folder.iterdir())
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+    dtype = PRECISIONS[args.precision]
     start = time.perf_counter()
     if args.variant == "loop":
         processor, n = model.image_processor, 0

@@ -37,11 +37,11 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import UserError
+from .evaluation import PRECISIONS
 
 __all__ = ["EncodeResult", "ImageReadError", "encode", "image_transform", "list_image_files"]
 
 OUTPUTS = ("embeddings", "encoder", "both")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ImageInput = Union[str, os.PathLike, Image.Image]
 
 
