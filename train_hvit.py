@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Train an HViT model: `accelerate launch train_hvit.py [--config configs/<recipe>.yaml] [--flag value ...]`.
+"""Train an HViT model (= `hvit train`): `python train_hvit.py` or `accelerate launch train_hvit.py [--config ...]`.
 
 With no arguments it runs the embedded demo (built-in shapes dataset, tiny ViT from scratch, CPU).
-`python train_hvit.py --help` lists every flag (model, data and HF TrainingArguments).
+`python train_hvit.py --help` lists the hvit flags by group; `--help-all` adds the TrainingArguments.
 """
 
-from modeling_hvit.training import main
+from modeling_hvit.cli import command_main
 
 if __name__ == "__main__":
-    main()
+    command_main("train")

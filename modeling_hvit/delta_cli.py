@@ -75,8 +75,8 @@ def model_features(model_name: str, dataset: str, data_dir: str | None = None, *
                          desc=f"embedding {split}")[1]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m modeling_hvit.delta", description=__doc__.split("\n\n")[0],
+def build_parser(prog: str = "python -m modeling_hvit.delta") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HViT model or plain backbone, directory or Hub id (its encoder embeds the images)")
@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str = "python -m modeling_hvit.delta") -> dict:
     """Run the command; returns the JSON-able result (the estimate plus its source)."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.model and not args.dataset:
         parser.error("--model needs --dataset (the images to embed)")

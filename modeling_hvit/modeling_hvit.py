@@ -38,6 +38,9 @@ class HViTOutput(ModelOutput):
             (`HViTConfig.eval_pooling`).
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
             Encoder tokens (HF backbones).
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The same tensor as `encoder_embeddings`, under the name `pipeline("image-feature-extraction",
+            pool=True)` returns (as Dinov2's pooled output is its normed CLS token).
     """
 
     embeddings: torch.FloatTensor | None = None
@@ -45,6 +48,7 @@ class HViTOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    pooler_output: torch.FloatTensor | None = None
 
 
 class HViTProjection(nn.Linear):
@@ -160,7 +164,20 @@ class HViTModel(HViTPreTrainedModel):
             last_hidden_state=getattr(out, "last_hidden_state", None),
             hidden_states=getattr(out, "hidden_states", None),
             attentions=getattr(out, "attentions", None),
+            pooler_output=features,
         )
+
+    def encode(self, inputs, **kwargs):
+        """Embed images (PIL images, paths, a folder or a `datasets.Dataset`) in batches, streaming:
+        `modeling_hvit.encoding.encode` (batch_size, device, precision, output="embeddings" | "encoder"
+        | "both", num_workers, show_progress_bar, skip_bad). Needs the hvit package installed."""
+        try:
+            from modeling_hvit.encoding import encode
+        except ImportError:
+            raise ImportError("HViTModel.encode needs the hvit package (`pip install hvit`); this model was loaded "
+                              "as remote code without it. Without hvit, use pipeline('image-feature-extraction', "
+                              "model=...) (pool=True for the encoder features).") from None
+        return encode(self, inputs, **kwargs)
 
     # -- construction and saving ----------------------------------------------------------------
     @classmethod

@@ -71,27 +71,58 @@ class TrainDataArguments(DataArguments):
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainDataArguments, HViTTrainingArguments]:
-    """Recipe (`--config`, else the demo) as defaults, command-line flags on top."""
+    """Recipe (`--config`, else the demo) as defaults, command-line flags on top.
+
+    The recipe's dataset-specific values (Recall@K) apply only to its own dataset; a run on another
+    dataset without `--config` warns which demo-recipe values it inherits. `--help` / `--help-all`
+    print `format_train_help` and exit.
+    """
+    from .dataset_names import canonical_dataset_name
+    from .errors import UserError
+    from .training_help import PAPER_DEFAULTS, dataclass_defaults, format_train_help, given_dests
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    recipe = dict(DEMO_RECIPE)
+    recipe, recipe_name = dict(DEMO_RECIPE), "demo recipe"
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            raise SystemExit("--config needs a path to a .yaml or .json recipe")
+            raise UserError("--config needs a path to a .yaml or .json recipe")
         path = Path(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
         if not path.is_file():
-            raise SystemExit(f"--config {path}: no such file")
-        recipe = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+            raise UserError(f"--config {path}: no such file")
+        try:
+            recipe = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
+            raise UserError(f"--config {path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'} ({err})") from None
         if not isinstance(recipe, dict):
-            raise SystemExit(f"--config {path}: expected a mapping of argument names to values")
+            raise UserError(f"--config {path}: expected a mapping of argument names to values")
+        recipe_name = f"--config {path}"
     parser = HfArgumentParser((ModelArguments, TrainDataArguments, HViTTrainingArguments))
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise SystemExit(f"recipe has unknown keys {unknown}; see `python train_hvit.py --help`")
+        raise UserError(f"{recipe_name} has unknown keys {unknown}; see `hvit train --help-all`")
     parser.set_defaults(**{k: (str(v) if k == "curvature" else v) for k, v in recipe.items()})
-    return parser.parse_args_into_dataclasses(args=argv)
+    if "--help-all" in argv or "-h" in argv or "--help" in argv:
+        print(format_train_help(parser, recipe, recipe_name, full="--help-all" in argv))
+        raise SystemExit(0)
+    margs, dargs, targs = parser.parse_args_into_dataclasses(args=argv)
+    given = given_dests(parser, argv)
+    recipe_dataset = canonical_dataset_name(str(recipe.get("dataset", "demo")))
+    if canonical_dataset_name(dargs.dataset) != recipe_dataset:
+        if "recall_ks" in recipe and "recall_ks" not in given:
+            targs.recall_ks = None  # Recall@K by dataset (metrics.recall_ks_for), not the recipe's
+        if recipe_name == "demo recipe":
+            paper = dataclass_defaults()
+            inherited = {k: v for k, v in recipe.items() if k in PAPER_DEFAULTS and k not in given and v != paper[k]}
+            if inherited:
+                logger.warning(
+                    f"--dataset {dargs.dataset} without --config: the demo recipe's values apply to "
+                    + ", ".join(f"{k}={v} (paper: {paper[k]})" for k, v in inherited.items())
+                    + "; pass --config configs/<recipe>.yaml for a paper recipe, or set these flags "
+                    "(`hvit train --help` shows every default and its source)")
+    return margs, dargs, targs
 
 
 def build_model(margs: ModelArguments, curvature: float) -> HViTModel:

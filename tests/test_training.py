@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from modeling_hvit import HViTModel
 from modeling_hvit.data import build_dataset, dataset_labels
+from modeling_hvit.errors import UserError
 from modeling_hvit.training import DEMO_RECIPE, SCRATCH_BACKBONES, main, parse_args
 from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments
 from modeling_hvit.transforms import TrainTransform, with_image_transform
@@ -37,9 +38,9 @@ def test_demo_recipe_file_matches_embedded_default():
 def test_recipe_errors_are_clear(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: cub\nlearning_rat: 1e-3\n")
-    with pytest.raises(SystemExit, match="learning_rat"):
+    with pytest.raises(UserError, match="learning_rat"):  # printed as one line by `hvit train`
         parse_args(["--config", str(bad)])
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
 
 

@@ -1,9 +1,10 @@
 # Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
 """`evaluate` metric module: Recall@K, Precision@1, R-Precision, MAP@R (and NMI) for embeddings.
 
-Load it offline by path: ``evaluate.load("metrics/hvit_retrieval")``. It is a thin wrapper over
-``modeling_hvit.metrics.retrieval_metrics`` (one blocked k-NN search for all metrics), which must be
-importable (``pip install -e .`` of the hvit repository).
+Shipped inside the installed package; load it offline by path:
+``evaluate.load(modeling_hvit.metric_path())`` (in a checkout also ``evaluate.load("metrics/hvit_retrieval")``).
+It is a thin wrapper over ``modeling_hvit.metrics.retrieval_metrics`` (one blocked k-NN search for all
+metrics), so hvit must be installed (``pip install hvit``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ Args:
 Returns:
     dict: "recall@K" per K, "precision@1", "r_precision", "map@r" (and "nmi"), fractions in [0, 1].
 Examples:
-    >>> metric = evaluate.load("metrics/hvit_retrieval")
+    >>> metric = evaluate.load(modeling_hvit.metric_path())
     >>> metric.compute(predictions=[[0.0, 0.1], [0.0, 0.2], [0.3, 0.0], [0.4, 0.0]],
     ...                references=[0, 0, 1, 1], ks=[1])["recall@1"]
     1.0
