@@ -16,17 +16,17 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics
+from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics, usable_recall_ks
 
 __all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_table", "main",
-           "resolve_dtype", "retrieval_metrics"]
+           "recorded_data_arguments", "resolve_data_arguments", "resolve_dtype", "retrieval_metrics"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -148,6 +148,49 @@ def _hierarchy_column(ds, wanted: str | None) -> str | None:
     return extra[0] if extra else None
 
 
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
+
+
+def recorded_data_arguments(model: str) -> tuple[dict[str, Any], str] | None:
+    """The data flags a local model folder was trained with: ``train_args.json``'s ``data`` section
+    (all DataArguments), else ``metrics.json``'s ``dataset``; with the file they came from. None when
+    neither is there (a Hub id, or a folder saved by other code)."""
+    folder = Path(model)
+    for name, pick in (("train_args.json", lambda d: d.get("data")),
+                       ("metrics.json", lambda d: {"dataset": d["dataset"]} if d.get("dataset") else None)):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            found = pick(json.loads(path.read_text()))
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: not a JSON object as train_hvit.py writes it ({err})") from err
+        if isinstance(found, dict) and found.get("dataset"):
+            return found, str(path)
+    return None
+
+
+def resolve_data_arguments(dargs: Any, model: str) -> tuple[Any, str]:
+    """Fill the data flags not given on the command line (``_UNSET``): from the model's recorded
+    training data when ``--dataset`` is not given, never silently from the built-in demo. Returns the
+    completed DataArguments and where the dataset came from. Raises ValueError when ``--dataset`` is
+    missing and the model records none."""
+    given = {f.name for f in fields(dargs) if getattr(dargs, f.name) is not _UNSET}
+    recorded: dict[str, Any] = {}
+    if "dataset" in given:
+        source = "--dataset"
+    else:
+        found = recorded_data_arguments(model)
+        if found is None:
+            raise ValueError(f"--dataset is required: {model} has no train_args.json or metrics.json recording "
+                             "the dataset it was trained on (pass e.g. --dataset cub --data_dir PATH, or "
+                             "--dataset demo for the built-in demo)")
+        recorded, path = found
+        source = f"recorded in {path}"
+    values = {f.name: recorded.get(f.name, f.default) for f in fields(dargs) if f.name not in given}
+    return replace(dargs, **values), source
+
+
 def _load_model(args: EvalArguments):
     from .modeling_hvit import HViTModel
 
@@ -176,10 +219,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from .data import DataArguments
 
-    args, dargs = HfArgumentParser((EvalArguments, DataArguments)).parse_args_into_dataclasses(
-        args=list(sys.argv[1:] if argv is None else argv))
+    parser = HfArgumentParser((EvalArguments, DataArguments))
+    parser.set_defaults(**{f.name: _UNSET for f in fields(DataArguments)})  # tells given flags from defaults
+    args, dargs = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
     dtype, device = resolve_dtype(args.precision), _device(args.device)
+    dargs, data_source = resolve_data_arguments(dargs, args.model)
+    print(f"dataset: {dargs.dataset} ({data_source})")
     ks = tuple(int(k) for k in args.recall_ks.split(",")) if args.recall_ks else recall_ks_for(dargs.dataset)
     model = _load_model(args)
     geometry, curvature = model.config.geometry, float(model.config.curvature)
@@ -202,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _, emb, enc, lab = embedded[names[0]]
     gallery = embedded[names[1]][1:] if len(names) == 2 else None
     include = DEFAULT_METRICS + (("nmi",) if args.nmi else ())
+    available = len(gallery[2]) if gallery is not None else len(lab) - 1
+    ks, dropped = usable_recall_ks(ks, available)
+    if not ks:
+        include = tuple(m for m in include if m != "recall")
     metrics: dict[str, Any] = evaluate_embeddings(
         emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, backend=args.backend,
         faiss_index=args.faiss_index, block_size=args.block_size, progress=args.progress, seed=args.seed)
@@ -211,13 +261,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.plot:
         print(f"plot: {_plot(args, dargs, embedded[names[0]], geometry, curvature, out_dir)}")
-    metrics.update({"dataset": dargs.dataset, "split": "/".join(names), "model": args.model,
+    metrics.update({"dataset": dargs.dataset, "dataset_source": data_source, "split": "/".join(names),
+                    "model": args.model, "recall_ks_dropped": list(dropped),
                     "geometry": geometry, "curvature": curvature, "num_queries": len(lab),
                     "num_gallery": len(gallery[2]) if gallery is not None else len(lab),
                     "embedding_dim": int(emb.shape[1]), "wall_seconds": round(time.perf_counter() - start, 2)})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\n{args.model} on {dargs.dataset} ({metrics['split']}, {len(lab)} queries; head: {geometry}"
           f"{f', c={curvature:g}' if geometry == 'poincare' else ''}; encoder: cosine)\n{format_table(metrics)}")
+    if dropped:
+        print(f"Recall@K not reported for K = {', '.join(map(str, dropped))}: K ≥ the {available} gallery items a "
+              "query can retrieve (100% by construction)")
     print(f"\nwrote {out_dir / 'metrics.json'}")
     return metrics
 

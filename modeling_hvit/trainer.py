@@ -70,7 +70,7 @@ def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | No
     def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None) -> dict[str, float]:
         emb, enc = (torch.as_tensor(np.asarray(a)) for a in pred.predictions)
         labels = np.asarray(pred.label_ids)
-        ks_ = tuple(k for k in (ks or DEFAULT_RECALL_KS) if k < len(labels)) or (1,)
+        ks_ = ks or DEFAULT_RECALL_KS  # K ≥ the gallery: dropped with a warning (metrics.usable_recall_ks)
         ref = None
         if gallery is not None:
             ref = (*(torch.as_tensor(np.asarray(a)) for a in gallery.predictions), np.asarray(gallery.label_ids))
