@@ -100,7 +100,8 @@ class HViTTrainer(Trainer):
         model_config = self.accelerator.unwrap_model(self.model).config
         self.loss_fn = loss_fn or PairwiseCrossEntropyLoss(
             model_config.geometry, getattr(self.args, "temperature", None), model_config.curvature,
-            reduction=getattr(self.args, "loss_reduction", "sum"))
+            reduction=getattr(self.args, "loss_reduction", "sum"),
+            samples_per_class=getattr(self.args, "samples_per_class", None))  # fixed shapes: no sync
         self.train_labels = list(train_labels) if train_labels is not None else None
         if self.train_dataset is not None and self.train_labels is None:
             raise ValueError("HViTTrainer needs train_labels (collect them before attaching the transform)")
