@@ -25,7 +25,7 @@ import torch
 
 from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics, usable_recall_ks
 
-__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_table", "main",
+__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_extra", "format_table", "main",
            "recorded_data_arguments", "resolve_data_arguments", "resolve_dtype", "retrieval_metrics"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -54,6 +54,10 @@ class EvalArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code instead of this package."})
     seed: int = field(default=0, metadata={"help": "Seed for the plot subset, UMAP and k-means."})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bars."})
+    fewshot: bool = field(default=False, metadata={"help": "Also score 5/20-way 1/5-shot episodes "
+                          "(nearest prototype in the head's geometry; within one super-class too when "
+                          "the dataset has a hierarchy column)."})
+    fewshot_episodes: int = field(default=1000, metadata={"help": "Episodes per few-shot setting."})
 
 
 def resolve_dtype(precision: str) -> torch.dtype:
@@ -135,6 +139,48 @@ def format_table(metrics: dict[str, Any]) -> str:
         cells = [metrics.get(k), metrics.get(f"encoder_{k}")]
         lines.append(f"{k:<14}" + "".join(f"{100 * v:>9.2f}%" if v is not None else f"{'':>10}" for v in cells))
     return "\n".join(lines)
+
+
+FEWSHOT_SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
+
+
+def format_extra(metrics: dict[str, Any]) -> str:
+    """Hierarchy metrics (``coarse_*``, ``mistake_severity@1``) and few-shot accuracies ± 95% CI."""
+    lines = [f"{k:<26}{100 * v:>9.2f}%" for k, v in metrics.items()
+             if k.startswith("coarse_") or k == "mistake_severity@1"]
+    for k, v in metrics.items():
+        if k.startswith("fewshot_") and f"{k}_ci95" in metrics:
+            lines.append(f"{k:<26}{100 * v:>9.2f}% ± {100 * metrics[k + '_ci95']:.2f}")
+    return "\n".join(lines)
+
+
+def _hierarchy_and_fewshot(args: EvalArguments, dargs, split: tuple, self_mode: bool, geometry: str,
+                           curvature: float, ks: Sequence[int]) -> dict[str, Any]:
+    """Hierarchy metrics when the split has a hierarchy column (self-retrieval splits), and with
+    ``--fewshot`` nearest-prototype episodes on the head embeddings."""
+    from .fewshot import fewshot_accuracy
+    from .hierarchy_metrics import hierarchy_metrics
+
+    raw, emb, _, lab = split
+    column = _hierarchy_column(raw, dargs.hierarchy_column) if self_mode else None
+    groups = np.asarray(raw.with_format(None)[column]) if column else None
+    out: dict[str, Any] = {}
+    if groups is not None:
+        out.update(hierarchy_metrics(emb, lab, groups, geometry, curvature, ks or (1,), block_size=args.block_size))
+        out["hierarchy_column"] = column
+    if args.fewshot:
+        for within in (False, True) if groups is not None else (False,):
+            for n_way, k_shot in FEWSHOT_SETTINGS:
+                key = f"fewshot_{n_way}way_{k_shot}shot{'_within' if within else ''}"
+                try:
+                    res = fewshot_accuracy(emb, lab.numpy(), geometry, curvature, n_way, k_shot, 15,
+                                           args.fewshot_episodes, args.seed, groups if within else None)
+                except ValueError as err:  # too few classes for this setting: skipped, said
+                    print(f"{key}: skipped ({err})")
+                    continue
+                out[key], out[f"{key}_ci95"] = res["accuracy"], res["ci95"]
+        out["fewshot_episodes"] = args.fewshot_episodes
+    return out
 
 
 def _hierarchy_column(ds, wanted: str | None) -> str | None:
@@ -255,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = evaluate_embeddings(
         emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, backend=args.backend,
         faiss_index=args.faiss_index, block_size=args.block_size, progress=args.progress, seed=args.seed)
+    metrics.update(_hierarchy_and_fewshot(args, dargs, embedded[names[0]], gallery is None, geometry, curvature, ks))
     safe_name = re.sub(r"[^\w.-]", "_", dargs.dataset)
     default_dir = f"eval-{Path(args.model.rstrip('/')).name}-{safe_name}"
     out_dir = Path(args.output_dir or default_dir)
@@ -269,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\n{args.model} on {dargs.dataset} ({metrics['split']}, {len(lab)} queries; head: {geometry}"
           f"{f', c={curvature:g}' if geometry == 'poincare' else ''}; encoder: cosine)\n{format_table(metrics)}")
+    extra = format_extra(metrics)
+    if extra:
+        print(extra)
     if dropped:
         print(f"Recall@K not reported for K = {', '.join(map(str, dropped))}: K ≥ the {available} gallery items a "
               "query can retrieve (100% by construction)")

@@ -172,3 +172,19 @@ def test_trainer_evaluation_uses_the_same_k_rule():
         got = make_compute_metrics("poincare", 0.1, (1, 5, 8))(pred)
     assert "recall@1" in got and "encoder_recall@1" in got
     assert not any(k.endswith(("@5", "@8")) for k in got)
+
+
+def test_fewshot_and_hierarchy_in_the_table_and_json(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    got = main(["--model", str(tiny_model), "--dataset", "demo", "--output_dir", str(tmp_path / "o"),
+                "--max_samples", "400", "--batch_size", "200", "--progress", "false", "--device", "cpu",
+                "--fewshot", "--fewshot_episodes", "20", "--recall_ks", "1,4"])
+    assert got["hierarchy_column"] == "superclass"
+    assert got["coarse_recall@1"] >= got["recall@1"]  # a same-class neighbour shares the super-class
+    assert 0 <= got["mistake_severity@1"] <= 1 and 0 < got["coarse_map@r"] <= 1
+    assert 0 < got["fewshot_5way_1shot"] <= 1 and got["fewshot_5way_1shot_ci95"] > 0
+    assert "fewshot_5way_1shot_within" in got and got["fewshot_episodes"] == 20
+    out = capsys.readouterr().out
+    assert "coarse_recall@1" in out and "fewshot_5way_1shot " in out and "±" in out
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["fewshot_5way_5shot"] == got["fewshot_5way_5shot"]

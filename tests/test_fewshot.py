@@ -114,3 +114,39 @@ def test_prototypes_shapes():
     sup = torch.rand(6, 5, 3, 4) * 0.3
     for geometry in ("poincare", "sphere", "euclidean"):
         assert prototypes(sup, geometry).shape == (6, 5, 4)
+
+
+# ---------------------------------------------------------------- hierarchy metrics
+def test_hierarchy_metrics_match_a_brute_force_loop():
+    from modeling_hvit.hierarchy_metrics import hierarchy_metrics
+
+    c = 0.1
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(12), 4)
+    groups = labels // 4  # 3 super-classes of 4 classes
+    centres = ball(3, 4, c, rng, 0.5)[groups] + 0.6 * rng.normal(size=(48, 4))
+    x = ball(48, 4, c, rng, 0.3) + centres * 0.5
+    x = x / np.maximum(1, np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(c) / 0.9)
+    got = hierarchy_metrics(torch.from_numpy(x), labels, groups, "poincare", c, ks=(1, 5), exact=True)
+    d = np.array([[d_hyp(a, b, c) for b in x] for a in x])
+    np.fill_diagonal(d, np.inf)
+    rec1, rec5, aps, wrong, mild = [], [], [], 0, 0
+    for i in range(48):
+        order = sorted(range(48), key=lambda j: (d[i, j], j))[:47]
+        rel = [groups[j] == groups[i] for j in order]
+        r = sum(rel)
+        rec1.append(any(rel[:1]))
+        rec5.append(any(rel[:5]))
+        hits, ap = 0, 0.0
+        for j in range(r):
+            if rel[j]:
+                hits += 1
+                ap += hits / (j + 1)
+        aps.append(ap / r)
+        if labels[order[0]] != labels[i]:
+            wrong += 1
+            mild += groups[order[0]] == groups[i]
+    assert got["coarse_recall@1"] == pytest.approx(np.mean(rec1), abs=1e-12)
+    assert got["coarse_recall@5"] == pytest.approx(np.mean(rec5), abs=1e-12)
+    assert got["coarse_map@r"] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert 0 < wrong < 48 and got["mistake_severity@1"] == pytest.approx(mild / wrong, abs=1e-12)
