@@ -11,8 +11,8 @@ For "sphere" the reference is ``x @ y.T`` per pair on normalised inputs. Ours:
 similarity matrix, float64 Gram for poincare). "similarity" is that matrix alone (forward + backward of
 its sum): ours − similarity is the loss's overhead outside the similarity matrix.
 
-Each (geometry, m, variant) runs in a fresh subprocess; time = median of ``--reps`` forward+backward
-passes after one warm-up; memory = the child's peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) minus
+Each (geometry, m, variant) runs in a fresh subprocess; time = the fastest of ``--reps`` forward+backward
+passes after one warm-up (the least disturbed by other load on a shared machine); memory = the child's peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) minus
 that of a baseline child that only imports torch and builds the inputs.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -90,7 +89,7 @@ def child(variant: str, geometry: str, m: int, batch: int, dim: int, reps: int) 
         if rep:
             times.append(time.perf_counter() - t0)
         value = loss.item()
-    return {"time_ms": 1e3 * statistics.median(times), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"time_ms": 1e3 * min(times), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "loss": value}
 
 
@@ -113,7 +112,7 @@ def main() -> None:
         return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
     print(f"batch {args.batch} × {args.dim}-d, CPU threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"median of {args.reps} fwd+bwd; memory = peak RSS above an inputs-only child")
+          f"fastest of {args.reps} fwd+bwd; memory = peak RSS above an inputs-only child")
     print(f"{'geometry':9} {'m':>2} {'N':>4} | {'reference ms':>12} {'ours ms':>8} {'speed-up':>8} | "
           f"{'sim ms':>6} {'overhead ms':>11} | {'ref MB':>7} {'ours MB':>7} {'mem ratio':>9} | {'|Δloss|/loss':>12}")
     for geometry in args.geometry:
