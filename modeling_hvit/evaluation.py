@@ -194,7 +194,9 @@ def _hierarchy_column(ds, wanted: str | None) -> str | None:
     return extra[0] if extra else None
 
 
-_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
+# Default of every data flag on the eval command line, so that flags given can be told from defaults
+# (its repr is what --help shows as the default).
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "as recorded with the model, else the usual"})()
 
 
 def recorded_data_arguments(model: str) -> tuple[dict[str, Any], str] | None:

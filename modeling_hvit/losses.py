@@ -153,9 +153,7 @@ class _PairwiseCE(torch.autograd.Function):
             if n > 1:
                 stats["neg_logit_max"] = mneg.amax()
         ctx.mark_non_differentiable(*stats.values())
-        keys = sorted(stats)
-        ctx.keys = keys
-        return (loss, *(stats[k] for k in keys))
+        return (loss, *(stats[k] for k in sorted(stats)))
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
