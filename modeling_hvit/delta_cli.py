@@ -102,8 +102,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m modeling_hvit.del
     """Run the command; returns the JSON-able result (the estimate plus its source)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.model and not args.dataset:
-        parser.error("--model needs --dataset (the images to embed)")
+    if args.model and not args.dataset:  # the dataset the model was trained on, never a silent default
+        from .evaluation import recorded_data_arguments
+
+        try:
+            found = recorded_data_arguments(args.model)
+        except ValueError as err:
+            parser.error(str(err))
+        if found is None:
+            parser.error(f"--model needs --dataset (the images to embed): {args.model} has no train_args.json "
+                         "or metrics.json recording its training dataset")
+        recorded, path = found
+        args.dataset, args.data_dir = recorded["dataset"], args.data_dir or recorded.get("data_dir")
+        print(f"dataset: {args.dataset} (recorded in {path})", file=sys.stderr)
     if args.features and args.dataset:
         parser.error("--dataset is only used with --model; --features already holds the features")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,18 +16,18 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics
+from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics, usable_recall_ks
 from .transforms import pixel_values_for
 
-__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_table", "main",
-           "resolve_dtype", "retrieval_metrics"]
+__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_extra", "format_table", "main",
+           "recorded_data_arguments", "resolve_data_arguments", "resolve_dtype", "retrieval_metrics"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -55,6 +55,10 @@ class EvalArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code instead of this package."})
     seed: int = field(default=0, metadata={"help": "Seed for the plot subset, UMAP and k-means."})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bars."})
+    fewshot: bool = field(default=False, metadata={"help": "Also score 5/20-way 1/5-shot episodes "
+                          "(nearest prototype in the head's geometry; within one super-class too when "
+                          "the dataset has a hierarchy column)."})
+    fewshot_episodes: int = field(default=1000, metadata={"help": "Episodes per few-shot setting."})
 
 
 def resolve_dtype(precision: str) -> torch.dtype:
@@ -139,6 +143,48 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FEWSHOT_SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
+
+
+def format_extra(metrics: dict[str, Any]) -> str:
+    """Hierarchy metrics (``coarse_*``, ``mistake_severity@1``) and few-shot accuracies ± 95% CI."""
+    lines = [f"{k:<26}{100 * v:>9.2f}%" for k, v in metrics.items()
+             if k.startswith("coarse_") or k == "mistake_severity@1"]
+    for k, v in metrics.items():
+        if k.startswith("fewshot_") and f"{k}_ci95" in metrics:
+            lines.append(f"{k:<26}{100 * v:>9.2f}% ± {100 * metrics[k + '_ci95']:.2f}")
+    return "\n".join(lines)
+
+
+def _hierarchy_and_fewshot(args: EvalArguments, dargs, split: tuple, self_mode: bool, geometry: str,
+                           curvature: float, ks: Sequence[int]) -> dict[str, Any]:
+    """Hierarchy metrics when the split has a hierarchy column (self-retrieval splits), and with
+    ``--fewshot`` nearest-prototype episodes on the head embeddings."""
+    from .fewshot import fewshot_accuracy
+    from .hierarchy_metrics import hierarchy_metrics
+
+    raw, emb, _, lab = split
+    column = _hierarchy_column(raw, dargs.hierarchy_column) if self_mode else None
+    groups = np.asarray(raw.with_format(None)[column]) if column else None
+    out: dict[str, Any] = {}
+    if groups is not None:
+        out.update(hierarchy_metrics(emb, lab, groups, geometry, curvature, ks or (1,), block_size=args.block_size))
+        out["hierarchy_column"] = column
+    if args.fewshot:
+        for within in (False, True) if groups is not None else (False,):
+            for n_way, k_shot in FEWSHOT_SETTINGS:
+                key = f"fewshot_{n_way}way_{k_shot}shot{'_within' if within else ''}"
+                try:
+                    res = fewshot_accuracy(emb, lab.numpy(), geometry, curvature, n_way, k_shot, 15,
+                                           args.fewshot_episodes, args.seed, groups if within else None)
+                except ValueError as err:  # too few classes for this setting: skipped, said
+                    print(f"{key}: skipped ({err})")
+                    continue
+                out[key], out[f"{key}_ci95"] = res["accuracy"], res["ci95"]
+        out["fewshot_episodes"] = args.fewshot_episodes
+    return out
+
+
 def _hierarchy_column(ds, wanted: str | None) -> str | None:
     from datasets import ClassLabel
 
@@ -148,6 +194,51 @@ def _hierarchy_column(ds, wanted: str | None) -> str | None:
         return wanted
     extra = [c for c, f in ds.features.items() if isinstance(f, ClassLabel) and c != "label"]
     return extra[0] if extra else None
+
+
+# Default of every data flag on the eval command line, so that flags given can be told from defaults
+# (its repr is what --help shows as the default).
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "as recorded with the model, else the usual"})()
+
+
+def recorded_data_arguments(model: str) -> tuple[dict[str, Any], str] | None:
+    """The data flags a local model folder was trained with: ``train_args.json``'s ``data`` section
+    (all DataArguments), else ``metrics.json``'s ``dataset``; with the file they came from. None when
+    neither is there (a Hub id, or a folder saved by other code)."""
+    folder = Path(model)
+    for name, pick in (("train_args.json", lambda d: d.get("data")),
+                       ("metrics.json", lambda d: {"dataset": d["dataset"]} if d.get("dataset") else None)):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            found = pick(json.loads(path.read_text()))
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: not a JSON object as train_hvit.py writes it ({err})") from err
+        if isinstance(found, dict) and found.get("dataset"):
+            return found, str(path)
+    return None
+
+
+def resolve_data_arguments(dargs: Any, model: str) -> tuple[Any, str]:
+    """Fill the data flags not given on the command line (``_UNSET``): from the model's recorded
+    training data when ``--dataset`` is not given, never silently from the built-in demo. Returns the
+    completed DataArguments and where the dataset came from. Raises ValueError when ``--dataset`` is
+    missing and the model records none."""
+    given = {f.name for f in fields(dargs) if getattr(dargs, f.name) is not _UNSET}
+    recorded: dict[str, Any] = {}
+    if "dataset" in given:
+        source = "--dataset"
+    else:
+        found = recorded_data_arguments(model)
+        if found is None:
+            raise ValueError(f"--dataset is required: {model} has no train_args.json or metrics.json recording "
+                             "the dataset it was trained on (pass e.g. --dataset cub --data_dir PATH, or "
+                             "--dataset demo for the built-in demo)")
+        recorded, path = found
+        source = f"recorded in {path}"
+    values = {f.name: recorded.get(f.name, f.default) for f in fields(dargs) if f.name not in given}
+    return replace(dargs, **values), source
 
 
 def _load_model(args: EvalArguments):
@@ -173,10 +264,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .data import DataArguments
     from .data_splits import describe_splits, split_summary
 
-    args, dargs = HfArgumentParser((EvalArguments, DataArguments)).parse_args_into_dataclasses(
-        args=list(sys.argv[1:] if argv is None else argv))
+    parser = HfArgumentParser((EvalArguments, DataArguments))
+    parser.set_defaults(**{f.name: _UNSET for f in fields(DataArguments)})  # tells given flags from defaults
+    args, dargs = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
     dtype, device = resolve_dtype(args.precision), _device(args.device)
+    dargs, data_source = resolve_data_arguments(dargs, args.model)
+    print(f"dataset: {dargs.dataset} ({data_source})")
     ks = tuple(int(k) for k in args.recall_ks.split(",")) if args.recall_ks else recall_ks_for(dargs.dataset)
     model = _load_model(args)
     geometry, curvature = model.config.geometry, float(model.config.curvature)
@@ -201,22 +295,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _, emb, enc, lab = embedded[names[0]]
     gallery = embedded[names[1]][1:] if len(names) == 2 else None
     include = DEFAULT_METRICS + (("nmi",) if args.nmi else ())
+    available = len(gallery[2]) if gallery is not None else len(lab) - 1
+    ks, dropped = usable_recall_ks(ks, available)
+    if not ks:
+        include = tuple(m for m in include if m != "recall")
     metrics: dict[str, Any] = evaluate_embeddings(
         emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, backend=args.backend,
         faiss_index=args.faiss_index, block_size=args.block_size, progress=args.progress, seed=args.seed)
+    metrics.update(_hierarchy_and_fewshot(args, dargs, embedded[names[0]], gallery is None, geometry, curvature, ks))
     safe_name = re.sub(r"[^\w.-]", "_", dargs.dataset)
     default_dir = f"eval-{Path(args.model.rstrip('/')).name}-{safe_name}"
     out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.plot:
         print(f"plot: {_plot(args, dargs, embedded[names[0]], geometry, curvature, out_dir)}")
-    metrics.update({"dataset": dargs.dataset, "split": "/".join(names), "splits": splits, "model": args.model,
+    metrics.update({"dataset": dargs.dataset, "dataset_source": data_source, "split": "/".join(names), "splits": splits,
+                    "model": args.model, "recall_ks_dropped": list(dropped),
                     "geometry": geometry, "curvature": curvature, "num_queries": len(lab),
                     "num_gallery": len(gallery[2]) if gallery is not None else len(lab),
                     "embedding_dim": int(emb.shape[1]), "wall_seconds": round(time.perf_counter() - start, 2)})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\n{args.model} on {dargs.dataset} ({metrics['split']}, {len(lab)} queries; head: {geometry}"
           f"{f', c={curvature:g}' if geometry == 'poincare' else ''}; encoder: cosine)\n{format_table(metrics)}")
+    extra = format_extra(metrics)
+    if extra:
+        print(extra)
+    if dropped:
+        print(f"Recall@K not reported for K = {', '.join(map(str, dropped))}: K ≥ the {available} gallery items a "
+              "query can retrieve (100% by construction)")
     print(f"\nwrote {out_dir / 'metrics.json'}")
     return metrics
 

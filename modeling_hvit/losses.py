@@ -59,7 +59,9 @@ def group_by_label(embeddings: torch.Tensor, labels: torch.Tensor,
 
     Slot r of a class is its r-th occurrence in batch order. Raises ``ValueError`` unless every class
     occurs exactly m times (m = ``samples_per_class`` if given, else the common count, which must
-    be ≥ 2 for a pair to exist).
+    be ≥ 2 for a pair to exist). With ``samples_per_class`` given, shapes do not depend on the data
+    (a stable argsort and a reshape): on CUDA the layout check is then an asynchronous device
+    assertion, so the training step has no host↔device synchronisation here.
     """
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must have shape (batch, dim), got {tuple(embeddings.shape)}")
@@ -69,39 +71,101 @@ def group_by_label(embeddings: torch.Tensor, labels: torch.Tensor,
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     labels = labels.to(embeddings.device)
-    classes, inverse, counts = torch.unique(labels, sorted=True, return_inverse=True, return_counts=True)
-    m = int(counts[0]) if samples_per_class is None else samples_per_class
+    b = labels.shape[0]
+    m = samples_per_class
+    if m is None:  # inferred from the data: one host sync (pass samples_per_class to avoid it)
+        m = b // max(1, torch.unique(labels).numel())
+    if m < 2 or b % m:
+        _raise_layout(labels, m)
+    order = torch.sort(labels, stable=True).indices  # batch order kept within a class: slot r
+    grid = labels[order].view(b // m, m)
+    bad = (grid != grid[:, :1]).any() | (grid[1:, 0] == grid[:-1, 0]).any()
+    if labels.device.type == "cuda" and samples_per_class is not None:
+        torch._assert_async(~bad)  # the sampler's N × m layout; failing it aborts the step
+    elif bad:
+        _raise_layout(labels, m)
+    return embeddings[order].view(b // m, m, embeddings.shape[1]), grid[:, 0]
+
+
+def _raise_layout(labels: torch.Tensor, m: int) -> None:
+    classes, counts = torch.unique(labels, return_counts=True)
     bad = (counts != m).nonzero().flatten().tolist()
-    if bad or m < 2:
-        shown = ", ".join(f"{int(classes[k])}: {int(counts[k])}" for k in (bad or range(len(classes)))[:8])
-        more = f" (and {len(bad) - 8} more)" if len(bad) > 8 else ""
-        need = f"exactly m={m}" if m >= 2 else "the same number m ≥ 2 of"
-        raise ValueError(
-            f"pairwise loss: every class in the batch must have {need} samples (the class-pair sampler's "
-            f"N classes × m layout; use ClassPairSampler and keep batch size a multiple of m); got "
-            f"{len(classes)} classes with sample counts {{label: count}} {{{shown}}}{more} in a batch of "
-            f"{labels.shape[0]}")
-    # Stable sort by class index keeps batch order within a class: position r of class k → slot r.
-    order = torch.sort(inverse, stable=True).indices
-    return embeddings[order].reshape(len(classes), m, embeddings.shape[1]), classes
+    shown = ", ".join(f"{int(classes[k])}: {int(counts[k])}" for k in (bad or range(len(classes)))[:8])
+    more = f" (and {len(bad) - 8} more)" if len(bad) > 8 else ""
+    need = f"exactly m={m}" if m >= 2 else "the same number m ≥ 2 of"
+    raise ValueError(
+        f"pairwise loss: every class in the batch must have {need} samples (the class-pair sampler's "
+        f"N classes × m layout; use ClassPairSampler and keep batch size a multiple of m); got "
+        f"{len(classes)} classes with sample counts {{label: count}} {{{shown}}}{more} in a batch of "
+        f"{labels.shape[0]}")
 
 
-def _pair_losses(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row cross-entropies (m, N, m) and the positive logits (m, N, m) from sim (m, N, m, N).
+class _PairwiseCE(torch.autograd.Function):
+    """Σ over anchors (i, k) and slots j ≠ i of CE(candidates, positive), from the slot-major similarity
+    matrix (M × M, M = m·N); the candidates of anchor (i, k) for pair j are block j and block i without
+    itself. Each block is exponentiated against its own maximum (the row max subtracted before the
+    log-sum-exp, so float32 gradients keep their precision for logits far from 0); the gradient is
+    one pass: ``E · weights`` and, at the positives, p − 1 = −(negative mass)/Z without cancellation.
+    Also returns the detached statistics (no boolean indexing: no host↔device sync)."""
 
-    ``sim[i, k, j, l]`` is the logit of class k slot i against class l slot j. Row (i, k) of pair j
-    has candidates ``sim[i, k, j, :]`` (target l = k) and ``sim[i, k, i, l ≠ k]``; its log-partition is
-    ``logaddexp(lse_j, lse_i)`` of per-block log-sum-exps, so no (pairs × N × 2N) tensor is built.
-    Only the (i, k, i, k) self-similarities are masked; entries with j = i are not a pair and are
-    ignored by the caller.
-    """
-    m, n = sim.shape[:2]
-    diag = torch.eye(m * n, dtype=torch.bool, device=sim.device).reshape(m, n, m, n)
-    lse = sim.masked_fill(diag, float("-inf")).logsumexp(-1)  # (m, N, m): per (anchor, block)
-    self_lse = lse.diagonal(dim1=0, dim2=2).T  # (m, N): lse[i, k, i]
-    pos = sim.diagonal(dim1=1, dim2=3)  # (m, m, N): pos[i, j, k] = sim[i, k, j, k]
-    pos = pos.permute(0, 2, 1)  # (m, N, m)
-    return torch.logaddexp(lse, self_lse[:, :, None]) - pos, pos
+    @staticmethod
+    def forward(ctx, sim: torch.Tensor, m: int, n: int, inv_tau: float, weight: float):
+        big = m * n
+        s = sim * inv_tau  # the logits; becomes E in place below
+        same = s.view(m, n, m, n).diagonal(dim1=1, dim2=3)  # (m, m, N): [i, j, k] = (i,k) vs (j,k)
+        pos = same.clone()
+        off = ~torch.eye(m, dtype=torch.bool, device=s.device)
+        slot = torch.arange(m, device=s.device).repeat_interleave(n)[:, None]  # (M, 1): anchor's slot i
+        own = slot == torch.arange(m, device=s.device)  # (M, m): block j is the anchor's own block
+        stats: dict[str, torch.Tensor] = {}
+        if n > 1:  # negatives: every pair of samples from different classes
+            same.fill_(0)
+            neg_sum = s.sum()
+            same.fill_(torch.inf)
+            stats.update(neg_logit_mean=neg_sum / (big * m * (n - 1)), neg_logit_min=s.amin())
+        same.fill_(-torch.inf)
+        s3 = s.view(big, m, n)
+        mneg = s3.amax(-1)  # (M, m): the best negative of anchor r in block j (−inf when N = 1)
+        same.copy_(torch.where(off[:, :, None], pos, -torch.inf))  # positives back; self stays −inf
+        posr = pos.permute(0, 2, 1).reshape(big, m)  # [r = (i, k), j]: logit of the positive in block j
+        mb = torch.maximum(mneg, posr.masked_fill(own, -torch.inf))  # block maxima (self excluded)
+        s3.sub_(torch.where(torch.isfinite(mb), mb, 0)[:, :, None]).exp_()  # E, ≤ 1; self → 0
+        same.fill_(0)  # E without the positives: their mass is kept apart (no 1 − p cancellation)
+        bneg = s3.sum(-1)  # (M, m): negatives' mass per block, relative to the block max
+        m_own, b_own = mb.gather(1, slot), bneg.gather(1, slot)  # (M, 1): the anchor's own block i
+        c = torch.maximum(mb, m_own)  # each pair's max logit
+        negmass = torch.exp(mb - c) * bneg + torch.exp(m_own - c) * b_own
+        posmass = torch.exp(posr - c)
+        logz = torch.log(posmass + negmass)  # ≥ 0: the max term is exp(0)
+        # CE = log Z − (pos − c) = log1p(neg/pos): the second form keeps small losses exact
+        rows = torch.where(posr - c > -20, torch.log1p(negmass / posmass), logz - (posr - c))
+        loss = rows.masked_fill(own, 0).sum() * weight
+        ctx.save_for_backward(s, mb, c, logz, negmass, own, off, slot)
+        ctx.shape, ctx.scale = (m, n), inv_tau * weight
+        with torch.no_grad():
+            best_neg = torch.maximum(mneg, mneg.gather(1, slot))
+            pos_pairs = pos.masked_fill(~off[:, :, None], 0)
+            count = m * (m - 1) * n
+            stats.update(pos_logit_mean=pos_pairs.sum() / count,
+                         pos_logit_min=pos.masked_fill(~off[:, :, None], torch.inf).amin(),
+                         pos_logit_max=pos.masked_fill(~off[:, :, None], -torch.inf).amax(),
+                         accuracy=((posr > best_neg) & ~own).to(s.dtype).sum() / count)
+            if n > 1:
+                stats["neg_logit_max"] = mneg.amax()
+        ctx.mark_non_differentiable(*stats.values())
+        return (loss, *(stats[k] for k in sorted(stats)))
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        e, mb, c, logz, negmass, own, off, slot = ctx.saved_tensors
+        m, n = ctx.shape
+        g = grad_loss * ctx.scale
+        w = torch.exp(mb - c - logz)  # (M, m): softmax weight per unit of E, block j in pair j
+        w_own = torch.exp(mb.gather(1, slot) - c - logz).masked_fill(own, 0).sum(1)  # block i, every pair
+        grad = e.view(m * n, m, n) * (torch.where(own, w_own[:, None], w) * g)[:, :, None]
+        pos_grad = -(negmass * torch.exp(-logz)).masked_fill(own, 0) * g  # p − 1 = −neg/Z, exact
+        grad.view(m, n, m, n).diagonal(dim1=1, dim2=3).copy_(pos_grad.view(m, n, m).transpose(1, 2))
+        return grad.view(m * n, m * n), None, None, None, None
 
 
 def pairwise_cross_entropy(embeddings: torch.Tensor, labels: torch.Tensor, geometry: str = "poincare",
@@ -122,30 +186,16 @@ def pairwise_cross_entropy(embeddings: torch.Tensor, labels: torch.Tensor, geome
         raise ValueError(f"embeddings must be floating point, got dtype {emb.dtype}")
     z, _ = group_by_label(emb, labels, samples_per_class)
     n, m, _ = z.shape
+    weight = 1 / n if reduction == "sum" else 1 / (n * m * (m - 1))  # each pair's CE: mean over anchors
     with _no_autocast(z.device):
         views = z.transpose(0, 1).reshape(m * n, z.shape[2])  # slot-major: row i·N + k = class k, slot i
-        sim = pairwise_similarity(views, views, geometry, curvature) / temperature
-        sim = sim.reshape(m, n, m, n)  # sim[i, k, j, l] = s(z[k, i], z[l, j]) / τ
-        rows, pos = _pair_losses(sim)
-        pair = ~torch.eye(m, dtype=torch.bool, device=z.device)  # (i, j) with i ≠ j
-        per_pair = rows.mean(1)[pair]  # each pair's CE: mean over the N anchors; (m(m−1),)
-        loss = per_pair.sum() if reduction == "sum" else per_pair.mean()
-    with torch.no_grad():
-        same_class = torch.eye(n, dtype=torch.bool, device=z.device)[None, :, None, :]
-        neg_inf = sim.masked_fill(same_class, float("-inf"))
-        neg_max = neg_inf.amax(-1)  # (m, N, m): best negative of anchor (i, k) in block j
-        best_neg = torch.maximum(neg_max, neg_max.diagonal(dim1=0, dim2=2).T[:, :, None])
-        hits = (pos > best_neg).permute(0, 2, 1)[pair]  # positive above all 2N − 2 negatives
-        pos = pos.permute(0, 2, 1)[pair]  # (m(m−1), N): every same-class pair of different views
-        stats: dict[str, float | torch.Tensor] = {
-            "pos_logit_mean": pos.mean(), "pos_logit_min": pos.min(), "pos_logit_max": pos.max(),
-            "accuracy": hits.to(sim.dtype).mean(),
-            "num_classes": n, "samples_per_class": m,
-        }
-        if n > 1:  # negatives: every pair of samples from different classes
-            neg_sum = sim.sum() - sim.masked_fill(~same_class, 0).sum()
-            stats.update(neg_logit_mean=neg_sum / (m * m * n * (n - 1)), neg_logit_max=neg_inf.amax(),
-                         neg_logit_min=sim.masked_fill(same_class, float("inf")).amin())
+        sim = pairwise_similarity(views, views, geometry, curvature)
+        loss, *values = _PairwiseCE.apply(sim, m, n, 1 / temperature, weight)
+    keys = ["accuracy", "pos_logit_max", "pos_logit_mean", "pos_logit_min"]
+    if n > 1:
+        keys = sorted(keys + ["neg_logit_max", "neg_logit_mean", "neg_logit_min"])
+    stats: dict[str, float | torch.Tensor] = dict(zip(keys, values))
+    stats.update(num_classes=n, samples_per_class=m)
     return LossOutput(loss=loss, stats=stats)
 
 

@@ -10,12 +10,16 @@
 
 Queries with no same-class gallery item ("lone" queries, R = 0) have no defined R-Precision/MAP@R
 and cannot hit; like PML they are left out of every retrieval metric, with a warning giving the count.
+Recall@K with K ≥ the gallery items a query can retrieve would be 100% by construction: such K are
+dropped with a warning (``usable_recall_ks``, the rule shared by ``eval_hvit.py`` and the Trainer).
+Means are exactly rounded sums of per-query values, so no metric depends on the block sizes.
 The search streams per query block (``retrieval.iter_knn``), so memory stays O(block · k) even for
 SOP (k = 1000 neighbours of 60,502 queries would otherwise be 0.5 GB of indices).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -37,7 +41,7 @@ METRICS = ("recall", "precision@1", "r_precision", "map@r", "nmi")
 DEFAULT_METRICS = ("recall", "precision@1", "r_precision", "map@r")
 
 __all__ = ["RECALL_KS", "DEFAULT_RECALL_KS", "METRICS", "DEFAULT_METRICS", "recall_ks_for",
-           "encode_labels", "metrics_from_matches", "nmi", "retrieval_metrics"]
+           "encode_labels", "metrics_from_matches", "nmi", "retrieval_metrics", "usable_recall_ks"]
 
 
 def recall_ks_for(dataset: str | None) -> tuple[int, ...]:
@@ -64,6 +68,14 @@ def encode_labels(*label_sets: Any) -> list[torch.Tensor]:
     return out
 
 
+def usable_recall_ks(ks: Iterable[int], n_available: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(kept, dropped) Recall@K values: K ≥ ``n_available`` (the gallery items a query can retrieve,
+    itself excluded) is 1 by construction for every scored query, so it is dropped, never reported.
+    The one rule for ``eval_hvit.py`` and the Trainer's evaluation (both go through ``retrieval_metrics``)."""
+    ks = _check_ks(ks)
+    return tuple(k for k in ks if k < n_available), tuple(k for k in ks if k >= n_available)
+
+
 def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not ks or ks[0] < 1:
@@ -80,37 +92,43 @@ def metrics_from_matches(matches: torch.Tensor, n_relevant: torch.Tensor,
     ``n_relevant`` (n,): R_i, its number of same-class gallery items (k must be ≥ max R_i for
     R-Precision/MAP@R). Rows with R_i = 0 must be removed by the caller.
     """
-    sums, n = _block_sums(matches, n_relevant, _check_ks(ks), include)
-    return {name: s / n for name, s in sums.items()}
+    if matches.shape[0] == 0:
+        return {}
+    per_query = _per_query(matches, n_relevant, _check_ks(ks), include)
+    return {name: _mean(v) for name, v in per_query.items()}
 
 
-def _block_sums(matches: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...],
-                include: Sequence[str], first: torch.Tensor | None = None) -> tuple[dict[str, float], int]:
-    """Per-block metric sums; ``first`` (rank of the first same-class item) defaults to the first
-    match in ``matches`` (≥ k when there is none)."""
+def _mean(values: Sequence[torch.Tensor] | torch.Tensor) -> float:
+    """Exactly rounded mean (``math.fsum``): the same whatever the blocks the values came in."""
+    v = torch.cat(list(values)) if isinstance(values, (list, tuple)) else values
+    return math.fsum(v.double().cpu().tolist()) / v.shape[0]
+
+
+def _per_query(matches: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...],
+               include: Sequence[str], first: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Each query's metric values (float64, 0/1 for Recall@K and P@1); ``first`` (rank of the first
+    same-class item) defaults to the first match in ``matches`` (≥ k when there is none)."""
     n, k = matches.shape
-    out: dict[str, float] = {}
-    if n == 0:
-        return out, 0
+    out: dict[str, torch.Tensor] = {}
     if "recall" in include:
         if first is None:
             first = torch.where(matches.any(1), matches.to(torch.uint8).argmax(1), torch.full_like(n_rel, k))
         for kk in ks:
-            out[f"recall@{kk}"] = float((first < kk).sum())
+            out[f"recall@{kk}"] = (first < kk).to(torch.float64)
     if "precision@1" in include:
-        out["precision@1"] = float(matches[:, 0].sum())
-    if "r_precision" in include or "map@r" in include:
+        out["precision@1"] = matches[:, 0].to(torch.float64)
+    if ("r_precision" in include or "map@r" in include) and n:
         if int(n_rel.max()) > k:
             raise ValueError(f"R-Precision/MAP@R need k ≥ max R = {int(n_rel.max())}, got k = {k}")
         within = torch.arange(k, device=matches.device)[None, :] < n_rel[:, None]
         rel = matches & within
         r = n_rel.to(torch.float64)
         if "r_precision" in include:
-            out["r_precision"] = float((rel.sum(1) / r).sum())
+            out["r_precision"] = rel.sum(1) / r
         if "map@r" in include:
             prec = rel.cumsum(1).to(torch.float64) / torch.arange(1, k + 1, device=matches.device)
-            out["map@r"] = float(((prec * rel).sum(1) / r).sum())
-    return out, n
+            out["map@r"] = (prec * rel).sum(1) / r
+    return out
 
 
 def nmi(embeddings: Any, labels: Any, geometry: str = "poincare", seed: int = 0) -> float:
@@ -167,15 +185,18 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
         warnings.warn(f"{int(lone.sum())} of {n_q} queries have no same-class gallery item; they are "
                       "left out of the retrieval metrics", stacklevel=2)
     out: dict[str, float] = {}
-    retrieval = [m for m in include if m != "nmi"]
+    available = len(g_ids) - int(self_mode)
+    ks, dropped = usable_recall_ks(ks, available)
+    if dropped and "recall" in include:
+        warnings.warn(f"Recall@K dropped for K = {', '.join(map(str, dropped))}: K ≥ the {available} gallery "
+                      "items a query can retrieve, so it would be 100% by construction", stacklevel=2)
+    retrieval = [m for m in include if m != "nmi" and (m != "recall" or ks)]
     if retrieval:
-        available = len(g_ids) - int(self_mode)
         # The blocked search counts the first hit's rank at any depth, so it needs a top-k of max R
         # only (12 for SOP instead of 1000); FAISS only knows its top-k, so it needs max K too.
-        k = int(n_rel.max()) if backend == "blocked" else max(ks[-1], int(n_rel.max()))
+        k = int(n_rel.max()) if backend == "blocked" or not ks else max(ks[-1], int(n_rel.max()))
         k = min(max(k, 1), available)
-        sums: dict[str, float] = {}
-        count = 0
+        parts: dict[str, list[torch.Tensor]] = {}
         for q0, _, idx, first in iter_knn_first_hit(
                 embeddings, q_ids, gallery, None if self_mode else g_ids, k, geometry, curvature,
                 exclude_self=self_mode, block_size=block_size, gallery_block_size=gallery_block_size,
@@ -184,11 +205,10 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
             b = idx.shape[0]
             keep = ~lone[q0:q0 + b].to(idx.device)
             matches = (g_ids.to(idx.device)[idx] == q_ids[q0:q0 + b].to(idx.device)[:, None])[keep]
-            s, n = _block_sums(matches, n_rel[q0:q0 + b].to(idx.device)[keep], ks, retrieval, first[keep])
-            for key, val in s.items():
-                sums[key] = sums.get(key, 0.0) + val
-            count += n
-        out.update({key: val / count for key, val in sums.items()})
+            for key, val in _per_query(matches, n_rel[q0:q0 + b].to(idx.device)[keep], ks, retrieval,
+                                       first[keep]).items():
+                parts.setdefault(key, []).append(val)
+        out.update({key: _mean(val) for key, val in parts.items()})
     if "nmi" in include:
         out["nmi"] = nmi(embeddings, labels, geometry, seed)
     return out

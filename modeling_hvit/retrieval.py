@@ -19,6 +19,9 @@ Scores (higher = closer), each a monotone function of the geometry's distance, s
 5e-6 / d (cancellation in x₀y₀ − x_s·y_s; the closed arcosh form is no better), so only near-duplicates
 (d ≲ 0.1) may swap places; retrieval on real embeddings does not need float64. Ties are broken by the lower
 gallery index; with ``exclude_self`` the query's own index (not every zero-distance item) is removed.
+Bit-identical gallery rows are scored once per query and the score copied to each of them (all in one
+gallery block), so they tie exactly: a float32 matrix product may round equal rows differently by
+their position, which made rankings and metrics depend on the block sizes.
 Works on any device the tensors live on.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -109,11 +113,14 @@ def _sorted_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _merge(run_v: torch.Tensor | None, run_i: torch.Tensor | None, v: torch.Tensor, i: torch.Tensor,
-           k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge a running top-k with a later gallery block's (its indices are all larger)."""
+           k: int, later: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a running top-k with another block's; ``later``: all its indices are larger (else ties
+    are re-ranked by index)."""
     if run_v is None:
         return v, i
     vals, idx = torch.cat([run_v, v], 1), torch.cat([run_i, i], 1)
+    if not later:
+        return _rank(vals, idx, k)
     order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
     return vals.gather(1, order), idx.gather(1, order)
 
@@ -136,66 +143,134 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="query")
 
 
-def _block_scores(qf: torch.Tensor, q_index: torch.Tensor, gf: torch.Tensor, g_bias: torch.Tensor | None,
-                  g0: int, g1: int, exclude_self: bool) -> torch.Tensor:
-    """Ranking scores (higher = closer) of query rows against gallery columns [g0, g1); the query's
-    own column (query i is gallery item i) set to −inf."""
-    s = qf @ gf[g0:g1].T
-    if g_bias is not None:
-        s = -(s + g_bias[g0:g1])  # euclidean: −(‖g‖² − 2⟨q,g⟩)
+@dataclass
+class _GalleryBlock:
+    """One gallery block: its items' indices ``cols`` (ascending), the feature rows it scores against
+    (``feats``, ``bias``) and, when duplicates were merged, ``expand`` mapping each item to its row."""
+
+    cols: torch.Tensor
+    feats: torch.Tensor
+    bias: torch.Tensor | None
+    expand: torch.Tensor | None
+    contiguous: bool  # cols is a range of consecutive indices (no duplicates merged)
+
+
+def _duplicate_groups(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Bit-identical rows as groups numbered by first occurrence: (group of each row, first row of
+    each group), or None when all rows are distinct."""
+    uniq, inv = torch.unique(g, dim=0, return_inverse=True)
+    n, n_u = g.shape[0], uniq.shape[0]
+    if n_u == n:
+        return None
+    rows = torch.arange(n, device=g.device)
+    first = torch.full((n_u,), n, dtype=torch.int64, device=g.device).scatter_reduce(0, inv, rows, "amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n_u, device=g.device)
+    return rank[inv], first[order]
+
+
+def _gallery_blocks(g: torch.Tensor, geometry: str, curvature: float, block: int) -> list[_GalleryBlock]:
+    """Gallery blocks of about ``block`` items. Bit-identical rows are one feature row scored once and
+    copied to all its items, and all copies sit in one block, so they tie exactly whatever the block
+    shapes: a matrix product may round equal rows differently depending on their position."""
+
+    def feats_bias(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        f = _features(x, geometry, curvature, "gallery").to(x.dtype)
+        if geometry == "euclidean":  # ‖q−g‖² = ‖q‖² + (‖g‖² − 2⟨q,g⟩); rank by the bracket
+            return f * -2, f.pow(2).sum(1)
+        return f, None
+
+    n = g.shape[0]
+    groups = _duplicate_groups(g)
+    if groups is None:
+        f, b = feats_bias(g)
+        return [_GalleryBlock(torch.arange(g0, min(g0 + block, n), device=g.device), f[g0:g0 + block],
+                              None if b is None else b[g0:g0 + block], None, True) for g0 in range(0, n, block)]
+    gid, first = groups
+    f, b = feats_bias(g[first])
+    counts = torch.bincount(gid, minlength=first.shape[0])
+    block_of_group = (torch.cumsum(counts, 0) - counts) // block  # whole groups, in first-occurrence order
+    block_of_item = block_of_group[gid]
+    order = torch.argsort(block_of_item, stable=True)  # items by block, ascending within a block
+    item_bounds = torch.cumsum(torch.bincount(block_of_item), 0).tolist()
+    group_bounds = torch.cumsum(torch.bincount(block_of_group), 0).tolist()
+    out, i0, u0 = [], 0, 0
+    for i1, u1 in zip(item_bounds, group_bounds):
+        if i1 > i0:
+            cols = order[i0:i1]
+            out.append(_GalleryBlock(cols, f[u0:u1], None if b is None else b[u0:u1], gid[cols] - u0, False))
+        i0, u0 = i1, u1
+    return out
+
+
+def _block_scores(qf: torch.Tensor, q_index: torch.Tensor, blk: _GalleryBlock, exclude_self: bool) -> torch.Tensor:
+    """Ranking scores (higher = closer) of query rows against a gallery block's items; the query's
+    own item (query i is gallery item i) set to −inf."""
+    s = qf @ blk.feats.T
+    if blk.bias is not None:
+        s = -(s + blk.bias)  # euclidean: −(‖g‖² − 2⟨q,g⟩)
+    if blk.expand is not None:
+        s = s[:, blk.expand]
     if exclude_self:
-        cols = q_index - g0
-        hit = (cols >= 0) & (cols < g1 - g0)
-        s[torch.nonzero(hit).flatten(), cols[hit]] = -torch.inf
+        rows, pos = _positions(blk, q_index)
+        s[rows, pos] = -torch.inf
     return s
 
 
-def _best_positive(s: torch.Tensor, same: torch.Tensor, g0: int,
+def _positions(blk: _GalleryBlock, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, positions in the block) of the entries of ``items`` that are in the block."""
+    pos = torch.searchsorted(blk.cols, items).clamp_max(blk.cols.shape[0] - 1)
+    rows = torch.nonzero(blk.cols[pos] == items).flatten()
+    return rows, pos[rows]
+
+
+def _best_positive(s: torch.Tensor, same: torch.Tensor, cols: torch.Tensor,
                    best: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running (score, index) of each row's closest same-class column; ties → lower index.
+    """Running (score, index) of each row's closest same-class item; ties → lower index.
     Works on the (few) same-class entries only, not on masked copies of the rows."""
     rr, cc = torch.nonzero(same, as_tuple=True)
     vals = s[rr, cc]
     t = torch.full((s.shape[0],), -torch.inf, dtype=s.dtype, device=s.device)
     t = t.scatter_reduce(0, rr, vals, "amax")
     at_max = vals == t[rr]
-    j = torch.full((s.shape[0],), s.shape[1], dtype=torch.int64, device=s.device)
-    j = j.scatter_reduce(0, rr[at_max], cc[at_max], "amin") + g0
+    big = torch.iinfo(torch.int64).max
+    j = torch.full((s.shape[0],), big, dtype=torch.int64, device=s.device)
+    j = j.scatter_reduce(0, rr[at_max], cols[cc[at_max]], "amin")
     if best is None:
         return t, j
-    better = t > best[0]  # equal scores keep the earlier (lower-index) block's item
+    better = (t > best[0]) | ((t == best[0]) & (j < best[1]))
     return torch.where(better, t, best[0]), torch.where(better, j, best[1])
 
 
-def _count_before(s: torch.Tensor, t: torch.Tensor, j: torch.Tensor, g0: int) -> torch.Tensor:
-    """Columns ranked before item j of score t: higher score, or equal score and lower index.
+def _count_before(s: torch.Tensor, t: torch.Tensor, j: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Items ranked before item j of score t: higher score, or equal score and lower index.
     (Bool sums with an int32 accumulator: 4x faster than the default int64 on CPU.)"""
     count = (s > t[:, None]).sum(1, dtype=torch.int32).to(torch.int64)
     eq = s == t[:, None]
-    tied = torch.nonzero(eq.sum(1, dtype=torch.int32) > ((j >= g0) & (j < g0 + s.shape[1])).int()).flatten()
+    j_here = torch.zeros_like(j, dtype=torch.int32)
+    j_here[torch.isin(j, cols)] = 1
+    tied = torch.nonzero(eq.sum(1, dtype=torch.int32) > j_here).flatten()
     if len(tied):  # rare: other items score exactly the same as the best positive
-        cols = torch.arange(g0, g0 + s.shape[1], device=s.device)
         count[tied] += (eq[tied] & (cols[None, :] < j[tied, None])).sum(1)
     return count
 
 
-def _first_positive_rank(qf: torch.Tensor, q_index: torch.Tensor, q_lab: torch.Tensor, gf: torch.Tensor,
-                         g_bias: torch.Tensor | None, g_lab: torch.Tensor, exclude_self: bool,
-                         gallery_block_size: int, s_full: torch.Tensor | None) -> torch.Tensor:
+def _first_positive_rank(qf: torch.Tensor, q_index: torch.Tensor, q_lab: torch.Tensor,
+                         blocks: list[_GalleryBlock], g_lab: torch.Tensor, exclude_self: bool,
+                         s_full: torch.Tensor | None) -> torch.Tensor:
     """0-based rank of each row's closest same-class gallery item (n_gallery if it has none).
     ``s_full``: the rows' complete score rows when already in memory (one gallery block)."""
-    n_g = gf.shape[0]
-    spans = [(g0, min(g0 + gallery_block_size, n_g)) for g0 in range(0, n_g, gallery_block_size)]
 
-    def scores(g0, g1):
-        return s_full if s_full is not None else _block_scores(qf, q_index, gf, g_bias, g0, g1, exclude_self)
+    def scores(blk):
+        return s_full if s_full is not None else _block_scores(qf, q_index, blk, exclude_self)
 
     best = None
-    for g0, g1 in spans:
-        best = _best_positive(scores(g0, g1), g_lab[None, g0:g1] == q_lab[:, None], g0, best)
+    for blk in blocks:
+        best = _best_positive(scores(blk), g_lab[None, blk.cols] == q_lab[:, None], blk.cols, best)
     t, j = best
-    rank = sum(_count_before(scores(g0, g1), t, j, g0) for g0, g1 in spans)
-    return torch.where(torch.isfinite(t), rank, torch.full_like(rank, n_g))
+    rank = sum(_count_before(scores(blk), t, j, blk.cols) for blk in blocks)
+    return torch.where(torch.isfinite(t), rank, torch.full_like(rank, g_lab.shape[0]))
 
 
 def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, curvature: float,
@@ -204,23 +279,17 @@ def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, 
              ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     work = torch.float64 if exact else torch.promote_types(query.dtype, torch.float32)
     with torch.no_grad(), _no_autocast(query.device):
-        gf = _features(gallery.to(work), geometry, curvature, "gallery").to(work)
-        g_bias = None
-        if geometry == "euclidean":  # ‖q−g‖² = ‖q‖² + (‖g‖² − 2⟨q,g⟩); rank by the bracket
-            g_bias = gf.pow(2).sum(1)
-            gf = gf * -2
-        n_g = gf.shape[0]
+        blocks = _gallery_blocks(gallery.to(work), geometry, curvature, gallery_block_size)
         if labels is not None:
-            q_lab_all, g_lab = labels[0].to(gf.device), labels[1].to(gf.device)
+            q_lab_all, g_lab = labels[0].to(query.device), labels[1].to(query.device)
         for q0 in range(0, query.shape[0], block_size):
             qf = _features(query[q0:q0 + block_size].to(work), geometry, curvature, "query").to(work)
             q_index = torch.arange(q0, q0 + qf.shape[0], device=qf.device)
             run_v = run_i = s = None
-            for g0 in range(0, n_g, gallery_block_size):
-                g1 = min(g0 + gallery_block_size, n_g)
-                s = _block_scores(qf, q_index, gf, g_bias, g0, g1, exclude_self)
-                v, i = _sorted_topk(s, min(k, g1 - g0))
-                run_v, run_i = _merge(run_v, run_i, v, i + g0, k)
+            for blk in blocks:
+                s = _block_scores(qf, q_index, blk, exclude_self)
+                v, i = _sorted_topk(s, min(k, s.shape[1]))
+                run_v, run_i = _merge(run_v, run_i, v, blk.cols[i], k, blk.contiguous)
             first = None
             if labels is not None:  # rank of the first same-class item, found in the top-k or counted
                 q_lab = q_lab_all[q0:q0 + qf.shape[0]]
@@ -230,8 +299,8 @@ def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, 
                 rows = torch.nonzero(first < 0).flatten()
                 if len(rows):
                     first[rows] = _first_positive_rank(
-                        qf[rows], q_index[rows], q_lab[rows], gf, g_bias, g_lab, exclude_self,
-                        gallery_block_size, s[rows] if n_g <= gallery_block_size else None)
+                        qf[rows], q_index[rows], q_lab[rows], blocks, g_lab, exclude_self,
+                        s[rows] if len(blocks) == 1 else None)
             del s
             q2 = qf.pow(2).sum(1) if geometry == "euclidean" else None
             if geometry == "euclidean":

@@ -79,7 +79,7 @@ def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | No
     def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None) -> dict[str, float]:
         emb, enc = (torch.as_tensor(np.asarray(a)) for a in pred.predictions)
         labels = np.asarray(pred.label_ids)
-        ks_ = tuple(k for k in (ks or DEFAULT_RECALL_KS) if k < len(labels)) or (1,)
+        ks_ = ks or DEFAULT_RECALL_KS  # K ≥ the gallery: dropped with a warning (metrics.usable_recall_ks)
         ref = None
         if gallery is not None:
             ref = (*(torch.as_tensor(np.asarray(a)) for a in gallery.predictions), np.asarray(gallery.label_ids))
@@ -109,7 +109,8 @@ class HViTTrainer(Trainer):
         model_config = self.accelerator.unwrap_model(self.model).config
         self.loss_fn = loss_fn or PairwiseCrossEntropyLoss(
             model_config.geometry, getattr(self.args, "temperature", None), model_config.curvature,
-            reduction=getattr(self.args, "loss_reduction", "sum"))
+            reduction=getattr(self.args, "loss_reduction", "sum"),
+            samples_per_class=getattr(self.args, "samples_per_class", None))  # fixed shapes: no sync
         self.train_labels = list(train_labels) if train_labels is not None else None
         if self.train_dataset is not None and self.train_labels is None:
             raise ValueError("HViTTrainer needs train_labels (collect them before attaching the transform)")

@@ -118,3 +118,15 @@ def test_module_entry_point(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "δ_rel = " in proc.stdout and "suggested curvature c = " in proc.stdout
+
+
+def test_model_without_dataset_uses_the_recorded_one(tiny_model_dir, tmp_path, capsys):
+    """Issue 12.3: no --dataset → the dataset in the model's train_args.json (or a clear error)."""
+    from modeling_hvit.delta_cli import main
+
+    (tiny_model_dir / "train_args.json").write_text(json.dumps({"data": {"dataset": "demo", "data_dir": None}}))
+    result = main(["--model", str(tiny_model_dir), "--n", "40", "--draws", "2", "--device", "cpu", "--no_progress"])
+    assert result["source"] == f"{tiny_model_dir} on demo/train"
+    assert f"dataset: demo (recorded in {tiny_model_dir / 'train_args.json'})" in capsys.readouterr().err
+    (tiny_model_dir / "train_args.json").unlink()
+    assert "has no train_args.json or metrics.json" in _fails(["--model", str(tiny_model_dir)], capsys)

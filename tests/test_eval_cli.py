@@ -128,3 +128,63 @@ def test_cli_umap_plot_for_16d(tiny_model, tmp_path):
     main(["--model", str(tiny_model), "--dataset", "demo", "--output_dir", str(out), "--plot",
           "--max_samples", "200", "--progress", "false"])
     assert (out / "poincare_disk.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dataset_comes_from_the_model_or_is_required(tiny_model, tmp_path, monkeypatch):
+    """No silent demo (issue 12.3): without --dataset the model's recorded dataset is used, or it stops."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    flags = ["--progress", "false", "--device", "cpu", "--max_samples", "120", "--batch_size", "120"]
+    with pytest.raises(ValueError, match="--dataset is required: .* has no train_args.json or metrics.json"):
+        main(["--model", str(tiny_model), "--output_dir", str(tmp_path / "a"), *flags])
+    model = tmp_path / "trained"
+    model.mkdir()
+    for f in tiny_model.iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    (model / "train_args.json").write_text(json.dumps({"data": {"dataset": "demo", "data_dir": None}, "model": {}}))
+    got = main(["--model", str(model), "--output_dir", str(tmp_path / "b"), *flags])
+    assert got["dataset"] == "demo" and got["dataset_source"] == f"recorded in {model / 'train_args.json'}"
+    explicit = main(["--model", str(model), "--dataset", "demo", "--output_dir", str(tmp_path / "c"), *flags])
+    assert explicit["dataset_source"] == "--dataset" and explicit["recall@1"] == got["recall@1"]
+
+
+def test_recall_k_beyond_the_gallery_is_dropped_and_recorded(tiny_model, tmp_path, monkeypatch, capsys):
+    """Issue 12.6: K ≥ the gallery is never printed as 100%; the JSON and the table say it was dropped."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    got = main(["--model", str(tiny_model), "--dataset", "demo", "--output_dir", str(tmp_path / "o"),
+                "--recall_ks", "1,119,500", "--max_samples", "120", "--batch_size", "120",
+                "--progress", "false", "--device", "cpu"])
+    assert got["recall_ks_dropped"] == [119, 500] and "recall@1" in got
+    assert not any(k.endswith(("recall@119", "recall@500")) for k in got)
+    assert "Recall@K not reported for K = 119, 500: K ≥ the 119 gallery items" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["recall_ks_dropped"] == [119, 500]
+
+
+def test_trainer_evaluation_uses_the_same_k_rule():
+    from transformers import EvalPrediction
+
+    from modeling_hvit.trainer import make_compute_metrics
+
+    rng = np.random.default_rng(0)
+    emb = (rng.normal(size=(6, 4)) * 0.3).astype(np.float32)
+    pred = EvalPrediction(predictions=(emb, emb), label_ids=np.array([0, 0, 1, 1, 2, 2]))
+    with pytest.warns(UserWarning, match="Recall@K dropped for K = 5, 8: K ≥ the 5 gallery items"):
+        got = make_compute_metrics("poincare", 0.1, (1, 5, 8))(pred)
+    assert "recall@1" in got and "encoder_recall@1" in got
+    assert not any(k.endswith(("@5", "@8")) for k in got)
+
+
+def test_fewshot_and_hierarchy_in_the_table_and_json(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    got = main(["--model", str(tiny_model), "--dataset", "demo", "--output_dir", str(tmp_path / "o"),
+                "--max_samples", "400", "--batch_size", "200", "--progress", "false", "--device", "cpu",
+                "--fewshot", "--fewshot_episodes", "20", "--recall_ks", "1,4"])
+    assert got["hierarchy_column"] == "superclass"
+    assert got["coarse_recall@1"] >= got["recall@1"]  # a same-class neighbour shares the super-class
+    assert 0 <= got["mistake_severity@1"] <= 1 and 0 < got["coarse_map@r"] <= 1
+    assert 0 < got["fewshot_5way_1shot"] <= 1 and got["fewshot_5way_1shot_ci95"] > 0
+    assert "fewshot_5way_1shot_within" in got and got["fewshot_episodes"] == 20
+    out = capsys.readouterr().out
+    assert "coarse_recall@1" in out and "fewshot_5way_1shot " in out and "±" in out
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["fewshot_5way_5shot"] == got["fewshot_5way_5shot"]

@@ -218,3 +218,47 @@ def test_euclidean_geometry_with_explicit_temperature():
             cands += [-np.linalg.norm(z[k, i] - z[l, i]) for l in range(3) if l != k]
             want += (math.log(sum(math.exp(v) for v in cands)) - cands[k]) / 3
     assert out.loss.item() == pytest.approx(want, rel=1e-6)
+
+
+# ---------------------------------------------------------------- float32 gradient precision (issue 12.20)
+def _analytic_grad64(s: torch.Tensor, m: int, n: int, tau: float) -> torch.Tensor:
+    """d loss / d similarity in float64 from the textbook gradient: each candidate gets its softmax
+    weight, the target −(the weight of all others), per pair (i, j), averaged over the N anchors."""
+    s = s.double().view(m, n, m, n) / tau
+    grad = torch.zeros_like(s)
+    for i in range(m):
+        for j in range(m):
+            if i == j:
+                continue
+            for k in range(n):
+                others = torch.arange(n) != k
+                cand = torch.cat([s[i, k, j], s[i, k, i, others]])
+                p = torch.exp(cand - torch.logsumexp(cand, 0))
+                grad[i, k, j] += p[:n]
+                grad[i, k, i, others] += p[n:]
+                grad[i, k, j, k] = -torch.cat([p[:k], p[k + 1:]]).sum()
+    return (grad / (n * tau)).view(m * n, m * n)
+
+
+@pytest.mark.parametrize("geometry, base", [("poincare", -20.0), ("sphere", 0.0)])
+@pytest.mark.parametrize("margin", [2.0, 6.0])
+def test_float32_positive_pair_gradients_are_accurate(geometry, base, margin, monkeypatch):
+    """Positives well above the negatives (a trained model): the positive logits' gradient p − 1 must
+    not drown in float32 rounding of p (today's loss: 1e-5 relative error at margin 2, 100% at 6)."""
+    import modeling_hvit.losses as losses
+
+    m, n, tau = 3, 40, losses.DEFAULT_TEMPERATURE[geometry]
+    g = torch.Generator().manual_seed(1)
+    sim = base + 0.5 * torch.randn(m * n, m * n, generator=g, dtype=torch.float64)
+    sim = (sim + sim.T) / 2
+    cls = torch.arange(m * n) % n  # slot-major: row i·N + k is class k
+    sim[cls[:, None] == cls[None, :]] += margin
+    sim = sim.float().requires_grad_(True)
+    # feed this similarity matrix to the loss in place of the one computed from embeddings
+    monkeypatch.setattr(losses, "pairwise_similarity", lambda *args, **kwargs: sim)
+    losses.pairwise_cross_entropy(torch.zeros(m * n, 2), torch.arange(n).repeat(m), geometry).loss.backward()
+    want = _analytic_grad64(sim.detach(), m, n, tau)
+    pos = (cls[:, None] == cls[None, :]) & ~torch.eye(m * n, dtype=torch.bool)
+    err = (sim.grad.double() - want)[pos].norm() / want[pos].norm()
+    assert err < 5e-6, f"positive-pair gradient relative error {err:.1e}"
+    assert torch.allclose(sim.grad.double()[~pos], want[~pos], rtol=1e-4, atol=1e-12)

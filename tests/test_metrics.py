@@ -120,12 +120,10 @@ def test_metrics_from_matches_by_hand():
                                  "r_precision": 0.75, "map@r": 0.625})
 
 
-def test_recall_k_beyond_gallery_and_string_labels():
+def test_string_labels():
     x, y = clustered(3, 3, 4, 0.1, seed=3)
     names = np.array(["bird", "car", "shoe"])[y]
-    got = retrieval_metrics(x, names, ks=(1, 1000))
-    assert got["recall@1000"] == 1.0  # K clamps to the 8 other items, all classes have mates
-    assert got["recall@1"] == retrieval_metrics(x, y, ks=(1,))["recall@1"]
+    assert retrieval_metrics(x, names, ks=(1, 2)) == retrieval_metrics(x, y, ks=(1, 2))
 
 
 # ---------------------------------------------------------------- pytorch-metric-learning
@@ -233,3 +231,40 @@ def test_evaluate_module_loads_offline(monkeypatch, tmp_path):
     for i in range(0, len(x), 10):  # batched accumulation gives the same result
         metric.add_batch(predictions=x[i:i + 10].astype(np.float32), references=y[i:i + 10])
     assert metric.compute(ks=[1, 2]) == pytest.approx(want, abs=1e-6)
+
+
+# ---------------------------------------------------------------- block-size independence (issue 12.5)
+def duplicated_set(seed: int, n: int = 60, dim: int = 12):
+    """float32 points with many exact duplicates (a third of the rows copied over others)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, dim)) * 0.5).astype(np.float32)
+    x[rng.integers(0, n, n // 3)] = x[rng.integers(0, n, n // 3)]
+    return torch.from_numpy(x), rng.integers(0, 8, n)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_metrics_do_not_depend_on_block_sizes(geometry):
+    blocks = [(1024, 65536), (1, 65536), (7, 65536), (1024, 1), (5, 3), (1, 7)]
+    for seed in range(3):
+        x, y = duplicated_set(seed)
+        runs = [retrieval_metrics(x, y, geometry, 0.1, (1, 2, 4), block_size=b, gallery_block_size=gb)
+                for b, gb in blocks]
+        for (b, gb), got in zip(blocks, runs):
+            assert got == runs[0], (seed, b, gb)  # bit for bit, every metric
+            assert got["recall@1"] == got["precision@1"]
+        # and the float32 ranking is the float64 one (duplicates tie, lower index first)
+        assert runs[0] == pytest.approx(oracle_metrics(x, y, x, y, geometry, 0.1, (1, 2, 4), True), abs=1e-12)
+
+
+def test_recall_k_at_or_beyond_gallery_is_dropped_with_a_warning():
+    from modeling_hvit.metrics import usable_recall_ks
+
+    assert usable_recall_ks((8, 1, 4, 9), 8) == ((1, 4), (8, 9))
+    x, y = clustered(3, 3, 4, 0.1, seed=3)  # 9 items: 8 others per query
+    with pytest.warns(UserWarning, match=r"Recall@K dropped for K = 8, 1000: K ≥ the 8 gallery items"):
+        got = retrieval_metrics(x, y, ks=(1, 8, 1000))
+    assert "recall@1" in got and "recall@8" not in got and "recall@1000" not in got
+    q, g = x[:4], x[4:]
+    with pytest.warns(UserWarning, match="K = 5: K ≥ the 5 gallery items"):
+        got = retrieval_metrics(q, y[:4], ks=(1, 4, 5), gallery=g, gallery_labels=y[4:])
+    assert {k for k in got if k.startswith("recall")} == {"recall@1", "recall@4"}

@@ -1,0 +1,152 @@
+# Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
+"""Few-shot episodes and prototypes against float64 textbook formulas and brute-force loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_hvit.fewshot import einstein_midpoint, fewshot_accuracy, prototypes, sample_episodes
+
+
+# ---------------------------------------------------------------- oracle (NumPy float64)
+def mobius_add(x, y, c):
+    xy, x2, y2 = x @ y, x @ x, y @ y
+    return ((1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y) / (1 + 2 * c * xy + c * c * x2 * y2)
+
+
+def d_hyp(x, y, c):
+    return 2 / math.sqrt(c) * math.atanh(math.sqrt(c) * np.linalg.norm(mobius_add(-x, y, c)))
+
+
+def gyromidpoint(points, c):
+    """Ungar's Möbius gyromidpoint: ½ ⊗ (Σ γ_i² a_i / Σ (γ_i² − ½)), γ_i = 1/√(1 − c‖a_i‖²)."""
+    g2 = np.array([1 / (1 - c * p @ p) for p in points])
+    y = sum(g * p for g, p in zip(g2, points)) / sum(g2 - 0.5)
+    r = math.sqrt(c) * np.linalg.norm(y)
+    return math.tanh(0.5 * math.atanh(r)) * y / r
+
+
+def ball(n, d, c, rng, radius=0.8):
+    v = rng.normal(size=(n, d))
+    return v / np.linalg.norm(v, axis=1, keepdims=True) * rng.uniform(0, radius, (n, 1)) / math.sqrt(c)
+
+
+# ---------------------------------------------------------------- midpoint
+@pytest.mark.parametrize("c", [0.1, 1.0])
+def test_einstein_midpoint_is_the_gyromidpoint_and_isometry_invariant(c):
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5):
+        pts = ball(n, 4, c, rng)
+        got = einstein_midpoint(torch.from_numpy(pts), c, dim=0).numpy()
+        np.testing.assert_allclose(got, gyromidpoint(pts, c), rtol=1e-10, atol=1e-12)
+        a = ball(1, 4, c, rng)[0]  # the gyrotranslation x ↦ a ⊕ x is an isometry of the ball
+        moved = np.stack([mobius_add(a, p, c) for p in pts])
+        np.testing.assert_allclose(einstein_midpoint(torch.from_numpy(moved), c, dim=0).numpy(),
+                                   mobius_add(a, got, c), rtol=1e-9, atol=1e-11)
+
+
+# ---------------------------------------------------------------- episodes
+def test_episodes_are_seeded_balanced_and_class_disjoint():
+    labels = np.repeat(np.arange(12), [20] * 10 + [5, 3])  # the last two classes are too small for 2 + 4
+    s, q = sample_episodes(labels, n_way=5, k_shot=2, n_query=4, episodes=50, seed=3)
+    assert s.shape == (50, 5, 2) and q.shape == (50, 5, 4)
+    for e in range(50):
+        rows = [set(labels[np.concatenate([s[e, r], q[e, r]])]) for r in range(5)]
+        assert all(len(r) == 1 for r in rows)  # one class per row
+        assert len(set.union(*rows)) == 5 and not set.union(*rows) & {10, 11}  # 5 distinct eligible classes
+        assert len(set(s[e].ravel()) | set(q[e].ravel())) == 30  # support and queries never share an item
+    s2, q2 = sample_episodes(labels, 5, 2, 4, 50, seed=3)
+    assert (s2 == s).all() and (q2 == q).all()
+    assert not (sample_episodes(labels, 5, 2, 4, 50, seed=4)[0] == s).all()
+    used = np.bincount(labels[s[:, :, 0].ravel()], minlength=12)
+    assert used[:10].min() > 0  # every eligible class is drawn
+
+
+def test_within_superclass_episodes():
+    labels = np.repeat(np.arange(9), 6)
+    groups = np.repeat([0, 0, 0, 0, 1, 1, 1, 2, 2], 6)  # super-class 2 has only 2 classes: never used for 3-way
+    s, q = sample_episodes(labels, 3, 1, 2, 40, seed=0, groups=groups)
+    for e in range(40):
+        assert len(set(groups[s[e].ravel()]) | set(groups[q[e].ravel()])) == 1
+        assert groups[s[e, 0, 0]] in (0, 1)
+    with pytest.raises(ValueError, match="no super-class has 5 classes"):
+        sample_episodes(labels, 5, 1, 2, 3, groups=groups)
+    bad = groups.copy()
+    bad[0] = 1
+    with pytest.raises(ValueError, match="spans several super-classes"):
+        sample_episodes(labels, 3, 1, 2, 3, groups=bad)
+
+
+# ---------------------------------------------------------------- prototype classification
+@pytest.mark.parametrize("geometry", ["poincare", "sphere", "euclidean"])
+def test_nearest_prototype_accuracy_matches_brute_force(geometry):
+    c = 0.5
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(8), 7)
+    centres = ball(8, 3, c, rng, radius=0.6)
+    x = np.clip(centres[labels] + 0.5 * rng.normal(size=(len(labels), 3)), -1, 1)
+    x = x / np.maximum(1, np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(c) / 0.9)  # inside the ball
+    got = fewshot_accuracy(x, labels, geometry, c, n_way=4, k_shot=3, n_query=2, episodes=30, seed=5, chunk=7)
+    s, q = sample_episodes(labels, 4, 3, 2, 30, seed=5)
+    accs = []
+    for e in range(30):
+        if geometry == "poincare":
+            protos = [gyromidpoint(x[s[e, r]], c) for r in range(4)]
+            dist = lambda a, b: d_hyp(a, b, c)  # noqa: E731
+        elif geometry == "sphere":
+            protos = [x[s[e, r]].mean(0) / np.linalg.norm(x[s[e, r]].mean(0)) for r in range(4)]
+            dist = lambda a, b: 1 - a @ b / np.linalg.norm(a)  # noqa: E731
+        else:
+            protos = [x[s[e, r]].mean(0) for r in range(4)]
+            dist = lambda a, b: np.linalg.norm(a - b)  # noqa: E731
+        hits = [int(np.argmin([dist(x[i], p) for p in protos]) == r) for r in range(4) for i in q[e, r]]
+        accs.append(np.mean(hits))
+    assert got["accuracy"] == pytest.approx(np.mean(accs), abs=1e-12)
+    assert got["ci95"] == pytest.approx(1.96 * np.std(accs, ddof=1) / math.sqrt(30), rel=1e-9)
+    assert 0.2 < got["accuracy"] < 1  # neither chance nor trivial
+
+
+def test_prototypes_shapes():
+    sup = torch.rand(6, 5, 3, 4) * 0.3
+    for geometry in ("poincare", "sphere", "euclidean"):
+        assert prototypes(sup, geometry).shape == (6, 5, 4)
+
+
+# ---------------------------------------------------------------- hierarchy metrics
+def test_hierarchy_metrics_match_a_brute_force_loop():
+    from modeling_hvit.hierarchy_metrics import hierarchy_metrics
+
+    c = 0.1
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(12), 4)
+    groups = labels // 4  # 3 super-classes of 4 classes
+    centres = ball(3, 4, c, rng, 0.5)[groups] + 0.6 * rng.normal(size=(48, 4))
+    x = ball(48, 4, c, rng, 0.3) + centres * 0.5
+    x = x / np.maximum(1, np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(c) / 0.9)
+    got = hierarchy_metrics(torch.from_numpy(x), labels, groups, "poincare", c, ks=(1, 5), exact=True)
+    d = np.array([[d_hyp(a, b, c) for b in x] for a in x])
+    np.fill_diagonal(d, np.inf)
+    rec1, rec5, aps, wrong, mild = [], [], [], 0, 0
+    for i in range(48):
+        order = sorted(range(48), key=lambda j: (d[i, j], j))[:47]
+        rel = [groups[j] == groups[i] for j in order]
+        r = sum(rel)
+        rec1.append(any(rel[:1]))
+        rec5.append(any(rel[:5]))
+        hits, ap = 0, 0.0
+        for j in range(r):
+            if rel[j]:
+                hits += 1
+                ap += hits / (j + 1)
+        aps.append(ap / r)
+        if labels[order[0]] != labels[i]:
+            wrong += 1
+            mild += groups[order[0]] == groups[i]
+    assert got["coarse_recall@1"] == pytest.approx(np.mean(rec1), abs=1e-12)
+    assert got["coarse_recall@5"] == pytest.approx(np.mean(rec5), abs=1e-12)
+    assert got["coarse_map@r"] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert 0 < wrong < 48 and got["mistake_severity@1"] == pytest.approx(mild / wrong, abs=1e-12)
