@@ -168,7 +168,7 @@ def test_delta_on_a_plain_backbone_measures_its_pretrained_features(tmp_path):
     """Issue 11.4: `python -m modeling_hvit.delta --model <plain backbone>` embedded with random weights."""
     from modeling_hvit.data import build_dataset
     from modeling_hvit.delta_cli import main
-    from modeling_hvit.transforms import transforms_for_model
+    from modeling_hvit.transforms import eval_transform_for, pixel_values_for
 
     backbone = save_backbone(tmp_path / "bb", "vit")
     feats_path = tmp_path / "f.npy"
@@ -176,9 +176,10 @@ def test_delta_on_a_plain_backbone_measures_its_pretrained_features(tmp_path):
           "--save_features", str(feats_path), "--no_progress"])
     feats = torch.from_numpy(np.load(feats_path))
     train = build_dataset("demo")["train"]
-    _, transform = transforms_for_model(load_model(tmp_path / "bb"), "demo")
+    model = load_model(tmp_path / "bb")
+    transform = eval_transform_for(model)  # the evaluation preprocessing saved with the model (uint8 out)
     idx = [0, 5, len(train) - 1]
-    pixels = torch.stack([transform(train[i]["image"]) for i in idx])
+    pixels = pixel_values_for(model, torch.stack([transform(train[i]["image"]) for i in idx]))
     with torch.no_grad():
         direct = backbone(pixel_values=pixels).last_hidden_state[:, 0]
     torch.testing.assert_close(feats[idx], direct, atol=1e-5, rtol=1e-5)
