@@ -66,8 +66,9 @@ def _run(data: Path, out: Path, processes: int, extra: list[str]) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--curvature", "auto", "--delta_n", "12", "--delta_draws", "3"]],
-                         ids=["fixed_c", "curvature_auto"])
+@pytest.mark.parametrize("extra", [[], ["--curvature", "auto", "--delta_n", "12", "--delta_draws", "3"],
+                                   ["--gradient_checkpointing", "true"]],
+                         ids=["fixed_c", "curvature_auto", "gradient_checkpointing"])
 def test_two_processes_train_distributed_and_match_one_process(folder_data, tmp_path, extra):
     two = _run(folder_data, tmp_path / "two", 2, extra)
     one = _run(folder_data, tmp_path / "one", 1, extra)[0]
