@@ -5,6 +5,7 @@ the original optimiser settings and retrieval metrics as evaluation."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import os
@@ -252,8 +253,9 @@ class HViTTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         labels = inputs["labels"]
         forward = model
-        if self._float32_forward:  # the class's forward: without accelerate's autocast wrapper on the instance
-            forward = type(self.accelerator.unwrap_model(model)).forward.__get__(self.accelerator.unwrap_model(model))
+        if self._float32_forward:  # the class's own forward, without accelerate's autocast wrapper on the instance
+            base = self.accelerator.unwrap_model(model)
+            forward = functools.partial(type(base).forward, base)
         with torch.no_grad(), self.compute_loss_context_manager():
             out = forward(pixel_values=inputs["pixel_values"])
         return None, (out.embeddings.float(), out.encoder_embeddings.float()), labels
@@ -292,7 +294,7 @@ class HViTTrainer(Trainer):
             self._loss_stats.clear()
         if "loss" in logs or "train_runtime" in logs:
             logs["images_seen"] = self.state.global_step * self.get_total_train_batch_size(self.args)
-            if self.args.on_nonfinite == "skip":
+            if getattr(self.args, "on_nonfinite", "error") == "skip":
                 logs["nonfinite_steps_skipped"] = self.nonfinite_steps_skipped
         super().log(logs, *args, **kwargs)
 
@@ -309,7 +311,7 @@ class HViTTrainer(Trainer):
             return
         step = self.state.global_step + 1
         what = "the training loss is not finite" if not loss_ok else f"the gradient norm is {grad_norm.item()}"
-        if self.args.on_nonfinite == "skip":
+        if getattr(self.args, "on_nonfinite", "error") == "skip":
             model.zero_grad(set_to_none=True)  # the optimiser skips parameters without a gradient
             self.nonfinite_steps_skipped += 1
             logger.warning(f"step {step}: {what}; update skipped ({self.nonfinite_steps_skipped} so far, --on_nonfinite skip)")
