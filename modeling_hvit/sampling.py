@@ -27,13 +27,14 @@ __all__ = ["ClassPairSampler"]
 
 
 class ClassPairSampler(Sampler[int]):
-    """Flat index stream: consecutive ``batch_size`` blocks hold ``batch_size / m`` classes × m samples.
+    """Flat index stream: consecutive ``world_size × batch_size`` blocks hold whole classes × m samples.
 
     Args:
         labels: the integer class of every dataset item, in dataset order (collect them *before*
             attaching a lazy transform, see HF_NOTES §3.1).
         samples_per_class: m ≥ 2, consecutive samples of one class inside a batch.
-        batch_size: per-device batch size, a multiple of m.
+        batch_size: per-device batch size; the global batch ``world_size × batch_size`` is a multiple
+            of m (a class may straddle two ranks: the loss sees the gathered global batch in stream order).
         world_size: number of processes W; the stream covers all of them (shard it with
             accelerate, or take batches r, r + W, … yourself).
         seed: base seed; epoch e uses ``numpy.random.default_rng([seed, e])``.
@@ -52,10 +53,12 @@ class ClassPairSampler(Sampler[int]):
                                  ("world_size", world_size, 1)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"ClassPairSampler: {name} must be an integer ≥ {low}, got {value!r}")
-        if batch_size % samples_per_class:
+        if (batch_size * world_size) % samples_per_class:
+            total = batch_size * world_size
             raise ValueError(
-                f"ClassPairSampler: batch_size={batch_size} (per device) must be a multiple of "
-                f"samples_per_class={samples_per_class}, e.g. {max(1, batch_size // samples_per_class) * samples_per_class}")
+                f"ClassPairSampler: the global batch batch_size×world_size = {batch_size}×{world_size} = {total} must "
+                f"be a multiple of samples_per_class={samples_per_class}, e.g. "
+                f"{max(1, total // samples_per_class) * samples_per_class}")
         self.samples_per_class = int(samples_per_class)
         self.batch_size = int(batch_size)
         self.world_size = int(world_size)
@@ -70,19 +73,13 @@ class ClassPairSampler(Sampler[int]):
             raise ValueError(
                 f"ClassPairSampler: the dataset has {len(self.classes)} classes but one global batch of "
                 f"{self.batch_size}×{self.world_size} (per-device batch × processes) with samples_per_class="
-                f"{self.samples_per_class} needs {need} distinct classes; lower batch_size "
-                f"(≤ {len(self.classes) // self.world_size * self.samples_per_class} per device), "
-                f"samples_per_class or the number of processes")
-
-    @property
-    def classes_per_batch(self) -> int:
-        """N per device batch = batch_size / m."""
-        return self.batch_size // self.samples_per_class
+                f"{self.samples_per_class} needs {need} distinct classes; lower the global batch "
+                f"(≤ {len(self.classes) * self.samples_per_class}, --global_batch_size) or samples_per_class")
 
     @property
     def classes_per_step(self) -> int:
         """Distinct classes in one global batch = W · batch_size / m."""
-        return self.world_size * self.classes_per_batch
+        return self.world_size * self.batch_size // self.samples_per_class
 
     @property
     def num_classes(self) -> int:

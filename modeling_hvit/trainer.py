@@ -4,15 +4,20 @@ the original optimiser settings and retrieval metrics as evaluation."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+import math
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers.training_args import ParallelMode
+from transformers.utils import logging
 
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .distributed import gather_batch
@@ -22,7 +27,10 @@ from .metrics import DEFAULT_RECALL_KS
 from .sampling import ClassPairSampler
 from .transforms import pixel_values_for
 
-__all__ = ["HViTTrainer", "HViTTrainingArguments", "make_compute_metrics"]
+__all__ = ["HViTTrainer", "HViTTrainingArguments", "NonFiniteStepError", "default_num_workers", "make_compute_metrics",
+           "resolve_train_batch"]
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -34,7 +42,12 @@ class HViTTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay, on all parameters."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Constant, no warm-up (SPEC §5)."})
     max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient-norm clip (SPEC §5)."})
-    per_device_train_batch_size: int = field(default=900, metadata={"help": "Images per device (classes × m)."})
+    global_batch_size: int | None = field(default=900, metadata={"help": (
+        "Images per optimiser step over ALL processes (the paper's 900 = classes × m): with W processes each "
+        "gets global_batch_size / W (must divide; the global batch must be a multiple of m), so the recipe "
+        "and its step count do not change with the number of GPUs. Recipes set this.")})
+    per_device_train_batch_size: int | None = field(default=None, metadata={"help": (
+        "Images per process; when given it overrides --global_batch_size (global = this × processes).")})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Images per device when embedding."})
     samples_per_class: int = field(default=2, metadata={"help": "m: images per class in a batch."})
     temperature: float | None = field(default=None, metadata={"help": "τ; default 0.2 (poincare), 0.1 (sphere)."})
@@ -45,7 +58,11 @@ class HViTTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "No unused parameters."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch' checkpoints."})
-    dataloader_num_workers: int = field(default=min(8, os.cpu_count() or 1), metadata={"help": "Decoding workers."})
+    dataloader_num_workers: int | None = field(default=None, metadata={
+        "help": "Decoding workers per process; default min(8, CPUs / processes on this node)."})
+    on_nonfinite: str = field(default="error", metadata={"help": (
+        "A step whose loss or gradient norm is NaN/inf: 'error' stops the run naming the step (before the update); "
+        "'skip' drops that update, warns and counts it (nonfinite_steps_skipped in the logs).")})
     report_to: None | str | list[str] = field(
         default="tensorboard" if importlib.util.find_spec("tensorboard") else "none",
         metadata={"help": "Loggers: TensorBoard when it is installed (logs under output_dir/runs), else none."})
@@ -56,10 +73,31 @@ class HViTTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.dataloader_pin_memory and not torch.cuda.is_available():
             self.dataloader_pin_memory = False
-        super().__post_init__()
-        if self.per_device_train_batch_size % self.samples_per_class:
-            raise ValueError(f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple "
-                             f"of samples_per_class={self.samples_per_class}")
+        for flag in ("bf16_full_eval", "fp16_full_eval"):
+            if getattr(self, flag):
+                raise ValueError(
+                    f"--{flag} casts the whole model, head included, to half precision, and training would then "
+                    "continue with half-precision weights; it is not supported. Use --bf16 true (or --fp16 true): "
+                    "autocast for training and evaluation alike, with float32 weights and head.")
+        if self.on_nonfinite not in ("error", "skip"):
+            raise ValueError(f"--on_nonfinite {self.on_nonfinite!r}: expected 'error' or 'skip'")
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = default_num_workers()
+        if self.per_device_train_batch_size is None and self.global_batch_size is None:
+            raise ValueError("set --global_batch_size (images per step over all processes) or "
+                             "--per_device_train_batch_size")
+        super().__post_init__()  # sets up the device and the process group: the world size is known after it
+        if self.parallel_mode == ParallelMode.NOT_DISTRIBUTED:  # several GPUs, one process: no nn.DataParallel
+            self._use_one_gpu()
+        self.per_device_train_batch_size, self.global_batch_size = resolve_train_batch(
+            self.global_batch_size, self.per_device_train_batch_size, self.world_size, self.samples_per_class)
+
+    def _use_one_gpu(self) -> None:
+        """Train on one device instead of `nn.DataParallel`, which would multiply the batch by the GPU count."""
+        logger.warning(
+            f"{self.n_gpu} GPUs are visible to a single process: training on {self.device} only. To use them all "
+            f"(global batch split over them): accelerate launch --multi_gpu --num_processes {self.n_gpu} train_hvit.py ...")
+        self._n_gpu = 1
 
     def __getstate__(self):
         """Pickles (the Trainer's `training_args.bin`) never hold the Hub token; it stays in memory."""
@@ -68,6 +106,50 @@ class HViTTrainingArguments(TrainingArguments):
     @property
     def ks(self) -> tuple[int, ...] | None:
         return None if not self.recall_ks else tuple(int(k) for k in str(self.recall_ks).split(","))
+
+
+def resolve_train_batch(global_batch_size: int | None, per_device_batch_size: int | None, world_size: int,
+                        samples_per_class: int) -> tuple[int, int]:
+    """(per-process, global) train batch for W = ``world_size`` processes.
+
+    The recipe's batch is the global one (the paper's 900 images per step, whatever the GPU count):
+    each process gets ``global_batch_size / W``. An explicit ``per_device_batch_size`` wins (global =
+    per-device × W). The global batch must hold whole classes (a multiple of m); the per-process
+    share need not (the loss sees the gathered global batch, in stream order).
+    """
+    if per_device_batch_size is not None:
+        if per_device_batch_size < 1:
+            raise ValueError(f"--per_device_train_batch_size {per_device_batch_size}: expected ≥ 1")
+        per_device, total, source = per_device_batch_size, per_device_batch_size * world_size, (
+            f"--per_device_train_batch_size {per_device_batch_size} × {world_size} process(es)")
+    else:
+        if global_batch_size is None or global_batch_size < 1:
+            raise ValueError(f"--global_batch_size {global_batch_size}: expected ≥ 1")
+        if global_batch_size % world_size:
+            step = math.lcm(world_size, samples_per_class)
+            raise ValueError(
+                f"--global_batch_size {global_batch_size} does not split evenly over {world_size} processes; use a "
+                f"multiple of {step} (processes × samples_per_class), e.g. {max(step, global_batch_size // step * step)}, "
+                f"or another number of processes")
+        per_device, total, source = global_batch_size // world_size, global_batch_size, f"--global_batch_size {global_batch_size}"
+    if total % samples_per_class:
+        raise ValueError(f"the global batch ({source} = {total}) must be a multiple of --samples_per_class "
+                         f"{samples_per_class} (whole classes per step), e.g. "
+                         f"{max(samples_per_class, total // samples_per_class * samples_per_class)}")
+    return per_device, total
+
+
+def default_num_workers(cpus: int | None = None, local_processes: int | None = None) -> int:
+    """Decoding workers per process: the node's CPUs shared by its training processes, at most 8."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local_processes is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(8, cpus // max(1, local_processes)))
+
+
+class NonFiniteStepError(FloatingPointError):
+    """A training step produced a NaN/inf loss or gradient norm (`--on_nonfinite error`)."""
 
 
 def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | None = None):
@@ -97,7 +179,14 @@ class HViTTrainer(Trainer):
       parameter gradients equal a single process on the global batch;
     - AdamW with weight decay on every parameter (the original), constant LR, clip 3 (the arguments);
     - evaluation embeds the eval split and reports retrieval metrics (`make_compute_metrics`);
-    - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs.
+    - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs;
+    - a NaN/inf loss or gradient norm stops the run at that step (or skips the update,
+      ``on_nonfinite="skip"``);
+    - an "epoch" is one pass of the sampler over the classes; the logs count ``images_seen`` and
+      ``train_samples_per_second`` is images (all processes) per second.
+
+    With a train dataset the model is prepared for training (DDP-wrapped under `accelerate launch`)
+    at construction, so an `evaluate()`/`predict()` before `train()` cannot leave training undistributed.
     """
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by GA steps
@@ -114,15 +203,47 @@ class HViTTrainer(Trainer):
         self.train_labels = list(train_labels) if train_labels is not None else None
         if self.train_dataset is not None and self.train_labels is None:
             raise ValueError("HViTTrainer needs train_labels (collect them before attaching the transform)")
+        self._train_sampler = None
         if self.train_labels is not None:
             self._train_sampler = ClassPairSampler(
                 self.train_labels, getattr(self.args, "samples_per_class", 2), self.args.per_device_train_batch_size,
                 world_size=self.args.world_size, seed=self.args.seed)
         self._loss_stats: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.add_callback(CheckpointCallback())  # checksums.sha256 in every checkpoint
+        self._train_dataloader = None
+        self._step_loss_finite: torch.Tensor | None = None
+        self.nonfinite_steps_skipped = 0
+        self._float32_forward = False
+        self.add_callback(_NonFiniteGuard(self))
+        if self.train_dataset is not None and self.model_wrapped is self.model:
+            # The Trainer's eval loop prepares the model in evaluation mode (no DDP) and accelerate then
+            # treats it as prepared, so train() after an evaluate()/predict() would train unwrapped:
+            # no gradient averaging, replicas drifting apart. Prepare it for training first.
+            self.model_wrapped = self.accelerator.prepare_model(self.model)
 
     def _get_train_sampler(self, train_dataset=None):
         return self._train_sampler
+
+    def get_train_dataloader(self):
+        self._train_dataloader = super().get_train_dataloader()
+        return self._train_dataloader
+
+    def num_examples(self, dataloader) -> int:
+        """Images per epoch for the train stream (all processes): an epoch is one pass over the classes,
+        m images each, not over the dataset's images (the Trainer's images/s and "Num examples" use it)."""
+        if dataloader is self._train_dataloader and self._train_sampler is not None:
+            return len(self._train_sampler)
+        return super().num_examples(dataloader)
+
+    @contextlib.contextmanager
+    def float32_forward(self) -> Iterator[None]:
+        """Within it, `predict`/`evaluate` run the model in float32 without the bf16/fp16 autocast
+        (`--curvature auto` measures δ on float32 features, as the original)."""
+        self._float32_forward = True
+        try:
+            yield
+        finally:
+            self._float32_forward = False
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, _ in model.named_parameters()]  # the original decays every parameter
@@ -133,6 +254,8 @@ class HViTTrainer(Trainer):
         embeddings, global_labels = gather_batch(outputs.embeddings.float(), labels)
         result = self.loss_fn(embeddings, global_labels)
         if model.training:
+            finite = torch.isfinite(result.loss.detach())  # checked once per optimiser step (_NonFiniteGuard)
+            self._step_loss_finite = finite if self._step_loss_finite is None else self._step_loss_finite & finite
             for key, value in result.stats.items():
                 if key not in ("num_classes", "samples_per_class"):
                     self._loss_stats[key].append(value)  # detached tensors: no sync inside the step
@@ -140,8 +263,12 @@ class HViTTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         labels = inputs["labels"]
+        forward = model
+        if self._float32_forward:  # the class's own forward, without accelerate's autocast wrapper on the instance
+            base = self.accelerator.unwrap_model(model)
+            forward = functools.partial(type(base).forward, base)
         with torch.no_grad(), self.compute_loss_context_manager():
-            out = model(pixel_values=pixel_values_for(model, inputs["pixel_values"]))
+            out = forward(pixel_values=pixel_values_for(model, inputs["pixel_values"]))
         return None, (out.embeddings.float(), out.encoder_embeddings.float()), labels
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -181,4 +308,40 @@ class HViTTrainer(Trainer):
             logs.update({f"train_{k}": round(reduce.get(k.rsplit("_", 1)[-1], torch.mean)(torch.stack(v).float()).item(), 4)
                          for k, v in self._loss_stats.items()})
             self._loss_stats.clear()
+        if "loss" in logs or "train_runtime" in logs:
+            logs["images_seen"] = self.state.global_step * self.get_total_train_batch_size(self.args)
+            if getattr(self.args, "on_nonfinite", "error") == "skip":
+                logs["nonfinite_steps_skipped"] = self.nonfinite_steps_skipped
         super().log(logs, *args, **kwargs)
+
+    def _check_finite_step(self, model) -> None:
+        """Before the optimiser step: stop (or skip the update) if this step's loss or gradient norm is
+        not finite. Loss and (DDP-averaged) gradients are equal on every rank, so all ranks agree."""
+        loss_ok = True if self._step_loss_finite is None else bool(self._step_loss_finite)
+        self._step_loss_finite = None
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        # With fp16's loss scaling, inf gradients are routine (the scaler skips the step and lowers the scale).
+        check_grads = loss_ok and grads and self.accelerator.scaler is None
+        grad_norm = torch.nn.utils.get_total_norm(grads) if check_grads else None
+        if loss_ok and (grad_norm is None or torch.isfinite(grad_norm)):
+            return
+        step = self.state.global_step + 1
+        what = "the training loss is not finite" if not loss_ok else f"the gradient norm is {grad_norm.item()}"
+        if getattr(self.args, "on_nonfinite", "error") == "skip":
+            model.zero_grad(set_to_none=True)  # the optimiser skips parameters without a gradient
+            self.nonfinite_steps_skipped += 1
+            logger.warning(f"step {step}: {what}; update skipped ({self.nonfinite_steps_skipped} so far, --on_nonfinite skip)")
+            return
+        raise NonFiniteStepError(
+            f"step {step}: {what}; stopped before the update (the weights are those after step {step - 1}). "
+            f"Lower --learning_rate or check the data; --on_nonfinite skip skips such steps instead (counted in the logs).")
+
+
+class _NonFiniteGuard(TrainerCallback):
+    """Calls `HViTTrainer._check_finite_step` between gradient clipping and the optimiser step."""
+
+    def __init__(self, trainer: HViTTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.trainer._check_finite_step(model if model is not None else self.trainer.model)

@@ -42,7 +42,7 @@ SCRATCH_BACKBONES = {
 # The embedded default: `accelerate launch train_hvit.py` with no arguments.
 DEMO_RECIPE = {
     "dataset": "demo", "backbone": "scratch:tiny", "image_size": 32, "embedding_dim": 32, "freeze_patch_embed": False,
-    "output_dir": "outputs/hvit-demo", "learning_rate": 1e-3, "per_device_train_batch_size": 64,
+    "output_dir": "outputs/hvit-demo", "learning_rate": 1e-3, "global_batch_size": 64,
     "samples_per_class": 2, "num_train_epochs": 150, "logging_steps": 20, "eval_strategy": "no",
     "dataloader_num_workers": 0, "seed": 0, "recall_ks": "1,2,4,8", "crop_scale_min": 0.6,
 }
@@ -61,7 +61,7 @@ class ModelArguments:
     freeze_blocks: int = field(default=0, metadata={"help": "Also freeze the first N blocks."})
     image_size: int = field(default=224, metadata={"help": "Input resolution."})
     delta_n: int = field(default=2000, metadata={"help": "--curvature auto: points per δ draw."})
-    delta_draws: int = field(default=10, metadata={"help": "--curvature auto: number of draws."})
+    delta_draws: int = field(default=100, metadata={"help": "--curvature auto: number of draws (the original's 100)."})
 
 
 @dataclass
@@ -227,7 +227,8 @@ def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: Model
     from .delta import estimate_delta
 
     trainer.compute_metrics = None  # only the features are wanted here, not retrieval metrics of the train split
-    features = torch.as_tensor(trainer.predict(train_eval_set, metric_key_prefix="delta").predictions[1])
+    with trainer.float32_forward():  # float32 features, as the original, whatever --bf16/--fp16
+        features = torch.as_tensor(trainer.predict(train_eval_set, metric_key_prefix="delta").predictions[1])
     n = min(margs.delta_n, len(features))
     est = estimate_delta(features.double(), n=n, draws=margs.delta_draws, seed=trainer.args.seed, progress=True)
     if not (math.isfinite(est.curvature) and est.curvature > 0):

@@ -171,3 +171,17 @@ def test_error_bad_arguments(kwargs, match):
 def test_error_bad_labels(labels, match):
     with pytest.raises(ValueError, match=match):
         ClassPairSampler(labels, 2, 2)
+
+
+def test_per_device_share_need_not_hold_whole_classes():
+    """Global batch 900 over 4 GPUs with m = 9 is 225 per device (not a multiple of 9): the sampler accepts it
+    when the *global* batch holds whole classes; each global batch (ranks' batches in order) is class-major."""
+    labels = np.repeat(np.arange(12), 5)
+    s = ClassPairSampler(labels, samples_per_class=2, batch_size=3, world_size=2, seed=0)  # global 6 = 3 classes × 2
+    stream = np.asarray(list(s))
+    assert len(stream) == s.steps_per_epoch * 6 == 24
+    for step in stream.reshape(-1, 6):  # rank 0 gets [a, a, b], rank 1 [b, c, c]
+        pairs = labels[step].reshape(3, 2)
+        assert (pairs[:, 0] == pairs[:, 1]).all() and len(set(pairs[:, 0])) == 3
+    with pytest.raises(ValueError, match="3×1 = 3 must be a multiple of samples_per_class=2"):
+        ClassPairSampler(labels, samples_per_class=2, batch_size=3, world_size=1)
