@@ -297,8 +297,8 @@ def with_image_transform(dataset, transform, *, image_column: str = "image", lab
         if col not in dataset.column_names:
             raise KeyError(f"dataset has no column {col!r} (columns: {dataset.column_names})")
     feature = dataset.features[image_column]
-    decoder = datasets.Image(mode=feature.mode) if isinstance(feature, datasets.Image) and feature.decode else None
-    raw = dataset.cast_column(image_column, datasets.Image(decode=False)) if decoder is not None else dataset
+    decoder = datasets.Image(mode=feature.mode) if isinstance(feature, datasets.Image) else None  # decode=False too
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False)) if decoder and feature.decode else dataset
     substitute = _Substitutes(raw, image_column, label_column, decoder) if skip_bad_images else None
 
     def apply(batch: dict) -> dict:
