@@ -246,3 +246,19 @@ def test_other_geometries_build_and_search(tmp_path, geometry):
     assert index.manifest["geometry"] == geometry and index.manifest["curvature"] is None
     hits = HViTIndex.load(tmp_path / "ix").search(paths[2], k=2, model=m)[0]
     assert hits[0]["path"] == str(paths[2].resolve())
+
+
+def test_export_parquet_lifted_vectors_rank_by_inner_product(tmp_path, model):
+    import pyarrow.parquet as pq
+
+    from modeling_hvit.search.scoring import features
+    from test_search_query import brute_distances
+
+    paths = write_images(tmp_path / "imgs", 8)
+    index = HViTIndex.build(paths, tmp_path / "ix", model)
+    table = pq.read_table(index.export_parquet(tmp_path / "v.parquet"))
+    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float64)
+    assert table.column("id").to_pylist() == index.ids and vectors.shape == (8, 17)
+    q = features(index.embeddings[:3].double(), "poincare", 0.1, "query").numpy()
+    ref = brute_distances(index.embeddings[:3].numpy(), index.embeddings.numpy(), "poincare")
+    assert (np.argsort(-(q @ vectors.T), 1) == np.argsort(ref, 1)).all()

@@ -23,7 +23,8 @@ import torch
 
 from .scoring import FLOAT32_EPS, distance, features
 
-__all__ = ["DuplicateReport", "distance_histogram", "duplicate_groups", "duplicate_mining", "write_groups_csv"]
+__all__ = ["DuplicateReport", "distance_histogram", "duplicate_groups", "duplicate_mining", "format_histogram",
+           "write_groups_csv"]
 
 
 def _symmetric_features(x: torch.Tensor, geometry: str, curvature: float | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,17 +102,20 @@ def duplicate_mining(corpus: Any, max_distance: float, *, geometry: str | None =
             s = A[a:b] @ B[c:d].T
             if c < b:  # block meets the diagonal: keep only column > row
                 s.masked_fill_(torch.arange(c, d)[None, :] <= torch.arange(a, b)[:, None], -torch.inf)
-            v, j = s.max(1)
-            better = v > nn_val[a:b]
-            nn_val[a:b] = torch.where(better, v, nn_val[a:b])
+            row_max, j = s.max(1)
+            better = row_max > nn_val[a:b]
+            nn_val[a:b] = torch.where(better, row_max, nn_val[a:b])
             nn_idx[a:b] = torch.where(better, j + c, nn_idx[a:b])
-            v, i = s.max(0)
-            better = v > nn_val[c:d]
-            nn_val[c:d] = torch.where(better, v, nn_val[c:d])
-            nn_idx[c:d] = torch.where(better, i + a, nn_idx[c:d])
-            qi, gj = torch.nonzero(s >= thr, as_tuple=True)
-            if len(qi):
-                cand_i.append(qi + a)
+            # columns: values by amax (fast), the argmax only where a column's best improves (rarely, later on)
+            v = s.amax(0)
+            cols = torch.nonzero(v > nn_val[c:d]).flatten()
+            if len(cols):
+                nn_val[c + cols] = v[cols]
+                nn_idx[c + cols] = s[:, cols].argmax(0) + a
+            rows = torch.nonzero(row_max >= thr).flatten()  # pairs are rare: look only at rows that have one
+            if len(rows):
+                qi, gj = torch.nonzero(s[rows] >= thr, as_tuple=True)
+                cand_i.append(rows[qi] + a)
                 cand_j.append(gj + c)
         if bar is not None:
             bar.update(1)

@@ -104,7 +104,10 @@ class Embedder:
 
             import modeling_hvit  # noqa: F401  (registers the Auto classes)
 
-            model_id = model_id or str(model)
+            from pathlib import Path
+
+            local = Path(str(model))  # a local directory is recorded absolute (the manifest may be read elsewhere)
+            model_id = model_id or (str(local.resolve()) if local.is_dir() else str(model))
             model = AutoModel.from_pretrained(str(model))
         from ..transforms import transforms_for_model
 

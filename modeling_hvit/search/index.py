@@ -314,6 +314,21 @@ class HViTIndex:
         manifest.write(index_dir)
         return HViTIndex(index_dir, manifest, table, emb, vectors)
 
+    def export_parquet(self, path: str | os.PathLike, *, lifted: bool = True) -> Path:
+        """Rows (id, path, label, vector) as Parquet for any vector database with inner-product search.
+
+        ``lifted=True`` writes the gallery-side features (``scoring.features``: the Lorentz lift for
+        poincare, unit vectors for sphere, ``[x, −‖x‖²/2]`` for euclidean); search them with the
+        query-side features of the query (``features(q, geometry, curvature, "query")``) by maximum
+        inner product: the ranking is the geometry's nearest-neighbour ranking."""
+        import datasets
+
+        vec = self.gallery_features() if lifted else self.embeddings
+        ds = datasets.Dataset.from_dict({"id": self.ids, "path": self.paths, "label": self.labels,
+                                         "vector": vec.numpy()})
+        ds.to_parquet(str(path))
+        return Path(path)
+
     # -- queries (see query.py) ----------------------------------------------------------------
     def embed_queries(self, queries: Any, embedder: Embedder | None = None, model: Any = None) -> torch.Tensor:
         """Query embeddings: a tensor/array as is, else images (paths, folder, PIL) embedded by the

@@ -26,11 +26,14 @@ import torch
 from .scoring import distance, distance_to_raw, features, range_candidates, score_tolerance
 from .vectors import VectorIndex
 
+FLOAT64_EPS = float(torch.finfo(torch.float64).eps)
+
 __all__ = ["format_hits", "range_search", "semantic_search"]
 
 
 class _Corpus:
-    """What a search needs: embeddings, a vector index, the geometry, and optional row names."""
+    """What a search needs: embeddings, a vector index, the geometry, and optional row names.
+    Build it once to search a tensor corpus repeatedly (``semantic_search`` accepts it as corpus)."""
 
     def __init__(self, corpus: Any, geometry: str | None, curvature: float | None):
         from .index import HViTIndex
@@ -50,7 +53,23 @@ class _Corpus:
             self.vectors = VectorIndex(self.geometry, self.curvature, self.emb.shape[1], "flat")
             self.vectors.add(self.emb)
             self.index = None
-        self._gf = None
+        self._gf = self._absmax = None
+
+    def gallery_absmax(self) -> torch.Tensor:
+        """Per-column max |feature| over the gallery (for the float32 error bound), computed once."""
+        if self._absmax is None:
+            owner = self.index if self.index is not None else self
+            if getattr(owner, "_gallery_absmax", None) is None:
+                owner._gallery_absmax = self.gallery_features().abs().amax(0)
+            self._absmax = owner._gallery_absmax
+        return self._absmax
+
+    def gallery_features64(self) -> torch.Tensor:
+        """Float64 features (allocated only when a query needs the brute-force path)."""
+        owner = self.index if self.index is not None else self
+        if getattr(owner, "_gallery_features64", None) is None:
+            owner._gallery_features64 = features(self.emb.double(), self.geometry, self.curvature, "gallery")
+        return owner._gallery_features64
 
     def gallery_features(self) -> torch.Tensor:
         if self._gf is None:
@@ -91,6 +110,24 @@ def _sort_by_distance(d: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor,
     return d.gather(-1, o), idx.gather(-1, o)
 
 
+def _float64_topk(q: torch.Tensor, c: "_Corpus", k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute-force top-k for queries the float32 pass could not decide: float64 inner products over
+    the whole gallery keep every item within their (float64) error bound of the k-th, and those few
+    are ranked by float64 distance."""
+    gf64 = c.gallery_features64()
+    qf = features(q.double(), c.geometry, c.curvature, "query")
+    s = qf @ gf64.T
+    kth = torch.topk(s, k, dim=1).values[:, -1]
+    tol = 4 * qf.shape[1] * FLOAT64_EPS * (qf.abs() @ gf64.abs().amax(0))
+    out_d, out_i = [], []
+    for r in range(len(q)):
+        idx = torch.nonzero(s[r] >= kth[r] - 2 * tol[r]).flatten()
+        dr, ir = _sort_by_distance(distance(q[r][None], c.emb[idx], c.geometry, c.curvature)[None], idx[None])
+        out_d.append(dr[0, :k])
+        out_i.append(ir[0, :k])
+    return torch.stack(out_d), torch.stack(out_i)
+
+
 def semantic_search(query_embeddings: Any, corpus: Any, top_k: int = 10, *, geometry: str | None = None,
                     curvature: float | None = None, refine: int = 4, query_chunk_size: int = 256
                     ) -> list[list[dict]]:
@@ -100,13 +137,13 @@ def semantic_search(query_embeddings: Any, corpus: Any, top_k: int = 10, *, geom
     ``corpus``: an ``HViTIndex`` or an (n, dim) tensor (then give ``geometry``/``curvature``).
     ``top_k`` larger than the corpus is clamped to its size with a warning.
     """
-    c = _Corpus(corpus, geometry, curvature)
+    c = corpus if isinstance(corpus, _Corpus) else _Corpus(corpus, geometry, curvature)
     q = _check_queries(query_embeddings, c.emb.shape[1])
     n = c.emb.shape[0]
     k = _clamp_k(top_k, n)
     exact = c.vectors.exact
     n_cand = min(n, 2 * k + 8 if exact else max(refine * k, k))
-    gf_absmax = c.gallery_features().abs().amax(0) if exact and n_cand < n else None
+    gf_absmax = c.gallery_absmax() if exact and n_cand < n else None
     results = []
     for a in range(0, q.shape[0], query_chunk_size):
         qb = q[a:a + query_chunk_size]
@@ -122,10 +159,9 @@ def semantic_search(query_embeddings: Any, corpus: Any, top_k: int = 10, *, geom
             kth = (qf * gk).sum(1)
             tol = score_tolerance(qf, gf_absmax)
             unsure = torch.nonzero(scores32[:, -1].double() + 2 * tol >= kth).flatten()
-            for r in unsure.tolist():
-                full = distance(qb[r][None], c.emb, c.geometry, c.curvature)
-                dr, ir = _sort_by_distance(full[None], torch.arange(n)[None])
-                d[r], cand[r] = dr[0, :k], ir[0, :k]
+            for u0 in range(0, len(unsure), 64):
+                rows = unsure[u0:u0 + 64]
+                d[rows], cand[rows] = _float64_topk(qb[rows], c, k)
         for r in range(qb.shape[0]):
             results.append([c.hit(i, dist) for i, dist in zip(cand[r].tolist(), d[r].tolist()) if dist != float("inf")])
     return results
@@ -136,13 +172,13 @@ def range_search(query_embeddings: Any, corpus: Any, max_distance: float, *, geo
     """Every corpus item within ``max_distance`` of each query (inclusive), sorted; exact."""
     if not max_distance >= 0:
         raise ValueError(f"max_distance must be ≥ 0, got {max_distance}")
-    c = _Corpus(corpus, geometry, curvature)
+    c = corpus if isinstance(corpus, _Corpus) else _Corpus(corpus, geometry, curvature)
     q = _check_queries(query_embeddings, c.emb.shape[1])
     gf = c.gallery_features()
     qf = features(q, c.geometry, c.curvature, "query").float()
     q_sq = q.double().pow(2).sum(1) if c.geometry == "euclidean" else None
     thr = torch.as_tensor(distance_to_raw(max_distance, q_sq, c.geometry, c.curvature), dtype=torch.float64)
-    thr = thr.expand(q.shape[0]) - score_tolerance(qf, gf.abs().amax(0))
+    thr = thr.expand(q.shape[0]) - score_tolerance(qf, c.gallery_absmax())
     per_query: list[list[tuple[float, int]]] = [[] for _ in range(q.shape[0])]
     for qi, gi in range_candidates(qf, gf, thr):
         d = distance(q[qi], c.emb[gi], c.geometry, c.curvature)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..hyperbolic import distance as poincare_distance
 from ..hyperbolic import lorentz_query, to_lorentz
 
-__all__ = ["distance", "features", "raw_to_distance", "distance_to_raw", "score_tolerance", "exact_topk",
+__all__ = ["distance", "features", "distance_to_raw", "score_tolerance", "exact_topk",
            "range_candidates"]
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -52,18 +52,6 @@ def distance(q: torch.Tensor, g: torch.Tensor, geometry: str, curvature: float |
     if geometry == "sphere":
         return 1 - (F.normalize(q, dim=-1) * F.normalize(g, dim=-1)).sum(-1)
     return (q - g).pow(2).sum(-1).sqrt()
-
-
-def raw_to_distance(raw: torch.Tensor, q_feat_last: torch.Tensor | None, geometry: str,
-                    curvature: float | None) -> torch.Tensor:
-    """Inner-product score → distance (approximate, float32 resolution); for display and thresholds.
-    ``q_feat_last``: ‖q‖² per query row (euclidean only)."""
-    raw = raw.double()
-    if geometry == "poincare":
-        return torch.acosh((-curvature * raw).clamp_min(1.0)) / math.sqrt(curvature)
-    if geometry == "sphere":
-        return 1 - raw
-    return (q_feat_last.double()[:, None] - 2 * raw).clamp_min(0).sqrt()
 
 
 def distance_to_raw(d: float, q_sq: torch.Tensor | None, geometry: str, curvature: float | None):
@@ -98,24 +86,12 @@ def exact_topk(qf: torch.Tensor, gf: torch.Tensor, k: int, block: int = 256) -> 
 
 
 def range_candidates(qf: torch.Tensor, gf: torch.Tensor, min_score: torch.Tensor, *, q_block: int = 1024,
-                     g_block: int = 16384, exclude_self_offset: int | None = None):
-    """Pairs (query row, gallery row) whose float32 score ≥ ``min_score`` (per query row), in blocks.
-
-    With ``exclude_self_offset`` (the queries are gallery rows from that offset) the diagonal and the
-    pairs below it are dropped: each unordered pair once (dedup of an index against itself).
-    Yields ``(q_index, g_index)`` int64 tensors per block. Memory O(q_block · g_block).
-    """
+                     g_block: int = 16384):
+    """Pairs (query row, gallery row) whose float32 score ≥ ``min_score`` (per query row), in blocks of
+    memory O(q_block · g_block); yields ``(q_index, g_index)`` int64 tensors."""
     for a, b in _blocks(qf.shape[0], q_block):
         thr = min_score[a:b, None].to(qf.dtype)
-        g_start = 0 if exclude_self_offset is None else exclude_self_offset + a
         for c, d in _blocks(gf.shape[0], g_block):
-            if d <= g_start:
-                continue
-            s = qf[a:b] @ gf[c:d].T
-            hit = s >= thr
-            if exclude_self_offset is not None:
-                rows = torch.arange(a, b)[:, None] + exclude_self_offset
-                hit &= torch.arange(c, d)[None, :] > rows
-            qi, gi = torch.nonzero(hit, as_tuple=True)
+            qi, gi = torch.nonzero(qf[a:b] @ gf[c:d].T >= thr, as_tuple=True)
             if len(qi):
                 yield qi + a, gi + c
