@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -145,12 +146,12 @@ def dedup_child(n: int) -> None:
     x = ball_points(n, 5)
     x[n - 1000:] = x[:1000] + 1e-4 * torch.randn(1000, DIM)  # 1,000 planted duplicates
     base = rss_mb()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     rep = duplicate_mining(x, 0.01, geometry="poincare", curvature=C)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     planted = {(i, n - 1000 + i) for i in range(1000)}
     found = {(a, b) for _, a, b in rep.pairs}
-    print(json.dumps({"n": n, "wall_s": wall, "peak_rss_mb": rss_mb(), "rss_before_mb": base,
+    print(json.dumps({"n": n, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss_mb(), "rss_before_mb": base,
                       "pairs": len(rep.pairs), "planted_found": len(planted & found) / len(planted)}))
 
 
@@ -167,7 +168,7 @@ def main() -> None:
     if a.dedup_child:
         return dedup_child(a.dedup_child)
     skip = set(a.skip.split(","))
-    print(f"torch threads {torch.get_num_threads()}", flush=True)
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}", flush=True)
     if "exact" not in skip:
         print(json.dumps(exact(a.n_exact, a.single)), flush=True)
     if "approx" not in skip:

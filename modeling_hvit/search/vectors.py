@@ -164,8 +164,15 @@ class VectorIndex:
 
             return exact_topk(torch.from_numpy(q), self.torch_matrix(), n_cand)
         self._configure_search(n_cand)
-        d, i = self.faiss_index.search(q, n_cand)
         import faiss
+
+        threads = faiss.omp_get_max_threads()
+        if len(q) < 20:  # a few queries: one thread (OpenMP threads that spin-wait cost 10x on a busy CPU)
+            faiss.omp_set_num_threads(1)
+        try:
+            d, i = self.faiss_index.search(q, n_cand)
+        finally:
+            faiss.omp_set_num_threads(threads)
 
         d, i = torch.from_numpy(d), torch.from_numpy(i)
         return (d if self._metric() == faiss.METRIC_INNER_PRODUCT else -d), i
