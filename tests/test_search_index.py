@@ -230,6 +230,9 @@ def test_bad_queries_and_empty_index(tmp_path, model):
         index.search([paths[0], broken], model=model)
     with pytest.warns(UserWarning, match="larger than the index"):
         assert len(index.search(paths[0], k=50, model=model)[0]) == 3
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ValueError, match="nothing: no images to index"):
+        HViTIndex.build(tmp_path / "nothing", tmp_path / "ix0", model)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"nope")
     empty = HViTIndex.build(tmp_path / "bad", tmp_path / "empty", model)

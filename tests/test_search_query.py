@@ -121,7 +121,10 @@ def test_exact_topk_below_float32_resolution(geometry):
     g = torch.Generator().manual_seed(7)
     center = torch.randn(1, 8, generator=g, dtype=torch.float64)
     center = center / center.norm() * 0.9 / np.sqrt(C) if geometry == "poincare" else center * 3
-    cluster = center + 1e-6 * torch.randn(60, 8, generator=g, dtype=torch.float64)
+    # 1 − cos of 1e-6 offsets is below float64's own resolution, so the sphere cluster is wider (still
+    # far below float32's ~1e-7 on cos)
+    spread = 3e-4 if geometry == "sphere" else 1e-6
+    cluster = center + spread * torch.randn(150, 8, generator=g, dtype=torch.float64)  # > the 64 candidates
     far = random_points(200, 8, geometry, seed=8).double()
     gallery = torch.cat([far[:100], cluster, far[100:]]).float()
     q = (center + 1e-7).float()

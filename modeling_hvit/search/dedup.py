@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scoring import FLOAT32_EPS, distance, features
+from .scoring import distance, dot_error_factor, features
 
 __all__ = ["DuplicateReport", "distance_histogram", "duplicate_groups", "duplicate_mining", "format_histogram",
            "write_groups_csv"]
@@ -83,8 +83,8 @@ def duplicate_mining(corpus: Any, max_distance: float, *, geometry: str | None =
     emb, geometry, curvature = _embeddings_and_geometry(corpus, geometry, curvature)
     n = emb.shape[0]
     A, B = _symmetric_features(emb, geometry, curvature)
-    # one bound for all pairs: dim · eps · max Σ|a_i||b_i| (times 4 for safety)
-    tol = 4 * A.shape[1] * FLOAT32_EPS * float((A.double().abs() @ B.double().abs().amax(0)).max())
+    # one bound for all pairs (scoring.dot_error_factor · max Σ|a_i||b_i|)
+    tol = dot_error_factor(A.shape[1]) * float((A.double().abs() @ B.double().abs().amax(0)).max())
     thr = _min_score(max_distance, geometry, curvature) - tol
     nn_val = torch.full((n,), -torch.inf)
     nn_idx = torch.full((n,), -1, dtype=torch.int64)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .embedder import Embedder
-from .sources import Item, items_from
+from .sources import IMAGE_EXTENSIONS, Item, items_from
 from .store import FORMAT, FORMAT_VERSION, Manifest, ShardTable, embeddings_of, json_or_none, writer_lock
 from .vectors import IndexFileError, VectorIndex, faiss_available
 
@@ -204,9 +204,11 @@ class HViTIndex:
                use_faiss: bool | None = None) -> "HViTIndex":
         if batch_size < 1 or shard_size < 1:
             raise ValueError(f"batch_size and shard_size must be ≥ 1, got {batch_size}, {shard_size}")
-        items = source if isinstance(source, list) and source and isinstance(source[0], Item) else \
-            items_from(source, split=split, image_column=image_column, label_column=label_column,
-                       labels_from_folders=labels_from_folders)
+        items = items_from(source, split=split, image_column=image_column, label_column=label_column,
+                           labels_from_folders=labels_from_folders)
+        if not items:
+            raise ValueError(f"{source if not isinstance(source, list) else 'the list'}: no images to index "
+                             f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
         index_dir.mkdir(parents=True, exist_ok=True)
         with writer_lock(index_dir):
             manifest = cls._start(index_dir, embedder, create, use_faiss)

@@ -5,7 +5,7 @@ Both return, per query, a list of hits ``{"corpus_id", "distance", "id", "path",
 by increasing distance (ties: lower ``corpus_id``). Distances are the geometry's own, computed in
 float64: hyperbolic distance (poincare), ``1 − cos`` (sphere), L2 (euclidean).
 
-Exactness. A flat index ranks ``2k + 8`` candidates by float32 inner products on the lifted
+Exactness. A flat index ranks ``max(2k + 8, 64)`` candidates by float32 inner products on the lifted
 features; the candidates are re-ranked by float64 distance, and a query whose k-th float64 hit is
 not separated from the best non-candidate by more than the float32 error bound
 (``scoring.score_tolerance``) is redone by float64 brute force. So the result equals a float64
@@ -162,7 +162,7 @@ def _one_thread_if(condition: bool):
 def _semantic_search(q: torch.Tensor, c: "_Corpus", k: int, refine: int, query_chunk_size: int) -> list[list[dict]]:
     n = c.emb.shape[0]
     exact = c.vectors.exact
-    n_cand = min(n, 2 * k + 8 if exact else max(refine * k, k))
+    n_cand = min(n, max(2 * k + 8, 64) if exact else max(refine * k, k))
     gf_absmax = c.gallery_absmax() if exact and n_cand < n else None
     results = []
     for a in range(0, q.shape[0], query_chunk_size):

@@ -26,22 +26,26 @@ import torch.nn.functional as F
 from ..hyperbolic import distance as poincare_distance
 from ..hyperbolic import lorentz_query, to_lorentz
 
-__all__ = ["distance", "features", "distance_to_raw", "score_tolerance", "exact_topk",
+__all__ = ["distance", "features", "distance_to_raw", "dot_error_factor", "score_tolerance", "exact_topk",
            "range_candidates"]
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
 def features(x: torch.Tensor, geometry: str, curvature: float | None, side: str) -> torch.Tensor:
-    """Rows whose inner products rank neighbours (see the module docstring); keeps x's dtype ≥ float32."""
-    x = x if x.dtype == torch.float64 else x.float()
-    if geometry == "poincare":  # lifted in float64 (ball margin 1e-5/√c, not float32's 4e-3), then cast back
-        lift = lorentz_query if side == "query" else to_lorentz
-        return lift(x.double(), curvature).to(x.dtype)
-    if geometry == "sphere":
-        return F.normalize(x, dim=-1)
-    extra = torch.ones_like(x[:, :1]) if side == "query" else -0.5 * x.pow(2).sum(1, keepdim=True)
-    return torch.cat([x, extra], dim=1)
+    """Rows whose inner products rank neighbours (see the module docstring). Computed in float64 and
+    returned in x's dtype (≥ float32), so float32 features are correctly rounded (the error bound of
+    ``dot_error_factor`` counts on it); the ball margin of the lift is float64's 1e-5, not 4e-3."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.double()
+    if geometry == "poincare":
+        out = lorentz_query(x, curvature) if side == "query" else to_lorentz(x, curvature)
+    elif geometry == "sphere":
+        out = F.normalize(x, dim=-1)
+    else:
+        extra = torch.ones_like(x[:, :1]) if side == "query" else -0.5 * x.pow(2).sum(1, keepdim=True)
+        out = torch.cat([x, extra], dim=1)
+    return out.to(dtype)
 
 
 def distance(q: torch.Tensor, g: torch.Tensor, geometry: str, curvature: float | None) -> torch.Tensor:
@@ -63,10 +67,18 @@ def distance_to_raw(d: float, q_sq: torch.Tensor | None, geometry: str, curvatur
     return (q_sq - d * d) / 2
 
 
+def dot_error_factor(dim: int) -> float:
+    """Rigorous bound, relative to Σ|q_i·g_i|, on the error of a float32 dot product of features that
+    were rounded from float64: γ_dim = dim·u/(1 − dim·u) for the sum (any order, with or without FMA)
+    plus 2u for rounding both inputs (u = 2⁻²⁴, the float32 unit roundoff); 1% slack."""
+    u = FLOAT32_EPS / 2
+    return 1.01 * (dim * u / (1 - dim * u) + 2 * u)
+
+
 def score_tolerance(qf: torch.Tensor, gf_absmax: torch.Tensor) -> torch.Tensor:
-    """Per query row, a bound on the float32 rounding error of ⟨qf, gf⟩ over all gallery rows:
-    dim · eps · Σ|q_i|·max|g_i| (plus a safety factor of 4)."""
-    return 4 * qf.shape[1] * FLOAT32_EPS * (qf.double().abs() @ gf_absmax.double()) + 1e-30
+    """Per query row, a bound on the float32 error of ⟨qf, g⟩ for every gallery row g, from the
+    per-column max |g_i| of the gallery."""
+    return dot_error_factor(qf.shape[1]) * (qf.double().abs() @ gf_absmax.double()) + 1e-30
 
 
 def _blocks(n: int, size: int):

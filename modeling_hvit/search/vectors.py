@@ -159,7 +159,9 @@ class VectorIndex:
         index −1 marks a missing candidate (approximate indexes)."""
         n_cand = min(n_cand, self.ntotal)
         q = self.query_vectors(q_emb)
-        if not self.use_faiss:
+        if not self.use_faiss or (self.exact and len(q) >= 20):
+            # many queries on a flat index: torch's matrix product + topk over FAISS's own storage
+            # (no copy) measured 3-4x faster than IndexFlat.search on 2 busy cores
             from .scoring import exact_topk
 
             return exact_topk(torch.from_numpy(q), self.torch_matrix(), n_cand)
@@ -178,6 +180,13 @@ class VectorIndex:
         return (d if self._metric() == faiss.METRIC_INNER_PRODUCT else -d), i
 
     def torch_matrix(self) -> torch.Tensor:
+        """The indexed vectors as a float32 (ntotal, width) tensor: a view of a flat FAISS index's
+        storage (valid while that index lives), or the torch backend's rows."""
+        if self.use_faiss:
+            import faiss
+
+            ix = self.faiss_index
+            return torch.from_numpy(faiss.rev_swig_ptr(ix.get_xb(), ix.ntotal * ix.d).reshape(ix.ntotal, ix.d))
         if len(self._torch_rows) > 1:
             self._torch_rows = [torch.cat(self._torch_rows)]
         return self._torch_rows[0] if self._torch_rows else torch.empty(0, self._padded_width())
