@@ -47,7 +47,7 @@ def test_real_images_exact_search_and_planted_duplicates(tmp_path):
     copies = []
     for i, p in enumerate(held_out[:60]):  # one edited copy each, edits in rotation
         name, edit = list(SYNTHETIC_EDITS.items())[i % len(SYNTHETIC_EDITS)]
-        q = tmp_path / "copies" / f"{p.stem}__{name}.png"
+        q = tmp_path / "copies" / f"{p.parent.name}_{p.stem}__{name}.png"  # stems repeat across classes
         q.parent.mkdir(exist_ok=True)
         edit(Image.open(p).convert("RGB")).save(q)
         copies.append((p, q))
