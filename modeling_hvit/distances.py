@@ -5,6 +5,7 @@ Losses use ``similarity / temperature`` as logits and retrieval takes the top-k 
 switch geometry with a string:
 
 - ``"poincare"``: −d_hyp (Poincaré ball, curvature c), the Hyp- models;
+- ``"lorentz"``: −d_hyp on the hyperboloid of curvature −c (inputs: space components, ``lorentz.py``);
 - ``"sphere"``: cosine similarity, the Sph- models (the original's ``+cos/τ`` logits);
 - ``"euclidean"``: −‖x − y‖.
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from .configuration_hvit import GEOMETRIES
 from .hyperbolic import _fp32, _no_autocast, pairwise_distance
+from .lorentz import pairwise_distance as lorentz_pairwise_distance
 
 
 def check_geometry(geometry: str) -> str:
@@ -49,6 +51,8 @@ def pairwise_similarity(x: torch.Tensor, y: torch.Tensor | None = None, geometry
     check_geometry(geometry)
     if geometry == "poincare":
         return -pairwise_distance(x, y, curvature, exact=exact)
+    if geometry == "lorentz":
+        return -lorentz_pairwise_distance(x, y, curvature, exact=exact)
     if geometry == "sphere":
         return cosine_similarity(x, y)
     return -euclidean_distance(x, y)
