@@ -208,6 +208,7 @@ class HViTModel(HViTPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
+        model._freeze()  # loading replaces the parameters, and with them the requires_grad set in __init__
         try:
             model.image_processor = AutoImageProcessor.from_pretrained(
                 pretrained_model_name_or_path, **{k: kwargs[k] for k in ("cache_dir", "revision", "token") if k in kwargs}
