@@ -36,7 +36,7 @@ class HViTTrainingArguments(TrainingArguments):
     per_device_train_batch_size: int = field(default=900, metadata={"help": "Images per device (classes × m)."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Images per device when embedding."})
     samples_per_class: int = field(default=2, metadata={"help": "m: images per class in a batch."})
-    temperature: float | None = field(default=None, metadata={"help": "τ; default 0.2 (poincare), 0.1 (sphere)."})
+    temperature: float | None = field(default=None, metadata={"help": "τ; default 0.2 (poincare, lorentz), 0.1 (sphere)."})
     loss_reduction: str = field(default="sum", metadata={"help": "'sum' over view pairs (original) or 'mean'."})
     recall_ks: str | None = field(default=None, metadata={"help": "Comma-separated K for Recall@K; default by dataset."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `image` for the lazy transform."})

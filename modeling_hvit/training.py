@@ -53,7 +53,7 @@ class ModelArguments:
                           f"scratch:<name> to train from scratch ({', '.join(SCRATCH_BACKBONES)})."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a saved HViT model."})
     embedding_dim: int = field(default=128, metadata={"help": "Head output dimension."})
-    geometry: str = field(default="poincare", metadata={"help": "poincare, sphere or euclidean."})
+    geometry: str = field(default="poincare", metadata={"help": "poincare, lorentz, sphere or euclidean."})
     curvature: str = field(default="0.1", metadata={"help": "c of the ball, or 'auto' to estimate it from δ."})
     clip_radius: float | None = field(default=2.3, metadata={"help": "Feature clipping radius r."})
     freeze_patch_embed: bool = field(default=True, metadata={"help": "Freeze the patch embedding (paper)."})

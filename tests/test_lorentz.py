@@ -201,3 +201,20 @@ def test_lorentz_loss_gradients_finite_at_origin_large_norms_and_clip_radius(dty
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(f.grad).all()
     assert torch.isfinite(hyp.head.weight.grad).all() and hyp.head.weight.grad.abs().sum() > 0
+
+
+def test_lorentz_card_code_and_disk_plot_coordinates():
+    from modeling_hvit.hub_card import _geometry
+    from modeling_hvit.visualize import disk_coordinates
+
+    text = _geometry({"geometry": "lorentz", "curvature": C, "clip_radius": 2.3})
+    assert "hyperboloid" in text["geometry_text"] and "Lorentz" in text["geometry_short"]
+    scope = {"torch": torch}
+    exec(text["distance_code"], scope)  # the snippet a card reader copies
+    p = ball_points(20, d=8, seed=9)
+    xs = L.ball_to_hyperboloid(p, C)
+    np.testing.assert_allclose(scope["lorentz_distance"](xs, xs, C).numpy(),
+                               np_ball_dist(p.numpy()[:, None], p.numpy()[None], C), rtol=1e-6, atol=1e-6)
+    p2 = ball_points(10, d=2, seed=10)  # 2-d points are drawn directly: the ball point scaled onto the unit disk
+    np.testing.assert_allclose(disk_coordinates(L.ball_to_hyperboloid(p2, C).numpy(), "lorentz", C),
+                               p2.numpy() * C**0.5, rtol=1e-9, atol=1e-12)

@@ -141,7 +141,7 @@ def test_save_load_identical_and_head_not_reinitialised(tmp_path, pixels):
         model.head.bias.fill_(0.25)
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
-    assert {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py",
+    assert {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py", "lorentz.py",
             "preprocessor_config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
     cfg = json.loads((tmp_path / "config.json").read_text())
