@@ -110,6 +110,12 @@ class HViTConfig(PreTrainedConfig):
             and distillation tokens, for distilled DeiT only). Training mode always uses CLS. `None` picks
             `"cls_distill_mean"` for distilled DeiT, as the original code's timm DeiT does in eval mode (so its
             evaluation, encoder features and δ use the mean), and `"cls"` for every other backbone.
+        learn_curvature (`bool`, *optional*, defaults to `False`):
+            Learn c (hyperbolic geometries): a parameter log c initialised from `curvature`, kept within
+            [`curvature_min`, `curvature_max`]; `save_pretrained` writes the learnt value into `curvature`, which
+            retrieval, search and the model card read.
+        curvature_min (`float`, *optional*, defaults to 0.001), curvature_max (`float`, *optional*, defaults to 10):
+            Bounds of a learnt c.
 
     Example:
 
@@ -134,6 +140,9 @@ class HViTConfig(PreTrainedConfig):
     backbone_hidden_size: int | None = None
     delta_rel: float | int | None = None
     eval_pooling: str | None = None
+    learn_curvature: bool = False
+    curvature_min: float | int = 1e-3
+    curvature_max: float | int = 10.0
 
     def __post_init__(self, **kwargs):
         if isinstance(self.backbone_config, dict):
@@ -165,6 +174,16 @@ class HViTConfig(PreTrainedConfig):
             raise ValueError(f"HViTConfig.curvature must be a finite number > 0, got {self.curvature}")
         if self.clip_radius is not None and not (math.isfinite(self.clip_radius) and self.clip_radius > 0):
             raise ValueError(f"HViTConfig.clip_radius must be a finite number > 0 or None, got {self.clip_radius}")
+        if not (math.isfinite(self.curvature_min) and 0 < self.curvature_min <= self.curvature_max
+                and math.isfinite(self.curvature_max)):
+            raise ValueError(f"HViTConfig.curvature_min/curvature_max must satisfy 0 < min <= max < inf, got "
+                             f"{self.curvature_min}, {self.curvature_max}")
+        if self.learn_curvature and self.geometry not in HYPERBOLIC_GEOMETRIES:
+            raise ValueError(f"HViTConfig.learn_curvature needs a hyperbolic geometry {HYPERBOLIC_GEOMETRIES}, "
+                             f"got {self.geometry!r}")
+        if self.learn_curvature and not self.curvature_min <= self.curvature <= self.curvature_max:
+            raise ValueError(f"HViTConfig.curvature must lie in [curvature_min, curvature_max] = "
+                             f"[{self.curvature_min}, {self.curvature_max}] with learn_curvature, got {self.curvature}")
         if self.delta_rel is not None and not (math.isfinite(self.delta_rel) and self.delta_rel >= 0):
             raise ValueError(f"HViTConfig.delta_rel must be a finite number >= 0 or None, got {self.delta_rel}")
         if self.eval_pooling not in EVAL_POOLINGS:

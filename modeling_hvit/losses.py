@@ -189,8 +189,11 @@ class PairwiseCrossEntropyLoss(nn.Module):
         self.reduction = reduction
         self.samples_per_class = samples_per_class
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        return pairwise_cross_entropy(embeddings, labels, self.geometry, self.temperature, self.curvature,
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                curvature: torch.Tensor | None = None) -> LossOutput:
+        """``curvature``: a learnt c (``HViTOutput.curvature``), overriding the fixed one, with gradient."""
+        return pairwise_cross_entropy(embeddings, labels, self.geometry, self.temperature,
+                                      self.curvature if curvature is None else curvature,
                                       self.reduction, self.samples_per_class)
 
     def extra_repr(self) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -39,11 +40,14 @@ class HViTOutput(ModelOutput):
             distillation tokens (`HViTConfig.eval_pooling`).
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
             Encoder tokens (HF backbones).
+        curvature (`torch.FloatTensor` of shape `()`, *optional*):
+            The learnt c the embeddings were mapped with (`HViTConfig.learn_curvature` only); the loss uses it.
     """
 
     embeddings: torch.FloatTensor | None = None
     encoder_embeddings: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
+    curvature: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -63,7 +67,7 @@ class HViTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    _keep_in_fp32_modules_strict = ["head"]
+    _keep_in_fp32_modules_strict = ["head", "log_curvature"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -85,6 +89,8 @@ class HViTModel(HViTPreTrainedModel):
             width = self.backbone.timm_model.num_features
             config.backbone_hidden_size = width
         self.head = HViTProjection(width, config.embedding_dim)
+        if config.learn_curvature:  # log space: multiplicative steps, c > 0 always
+            self.log_curvature = nn.Parameter(torch.tensor(math.log(config.curvature)))
         self.image_processor = None  # saved beside the weights by `save_pretrained` when set
         self.post_init()
         self._freeze()
@@ -110,6 +116,23 @@ class HViTModel(HViTPreTrainedModel):
         for block in blocks[: self.config.freeze_blocks]:
             block.requires_grad_(False)
 
+    # -- curvature ------------------------------------------------------------------------------
+    @property
+    def curvature(self) -> float | torch.Tensor:
+        """c: `config.curvature`, or with `learn_curvature` exp(log c) as a differentiable 0-d tensor (log c is
+        first pulled back into [log curvature_min, log curvature_max], so an optimiser step past a bound is undone
+        before the next forward)."""
+        if not self.config.learn_curvature:
+            return self.config.curvature
+        with torch.no_grad():
+            self.log_curvature.clamp_(math.log(self.config.curvature_min), math.log(self.config.curvature_max))
+        return self.log_curvature.float().exp()
+
+    def learnt_curvature(self) -> float:
+        """The current c as a float within the configured bounds (what `save_pretrained` writes to the config)."""
+        c = float(self.curvature)
+        return min(max(c, self.config.curvature_min), self.config.curvature_max)
+
     # -- forward --------------------------------------------------------------------------------
     def forward_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ModelOutput]:
         """The encoder feature (the family's, `BACKBONE_FAMILIES`; see `HViTConfig.eval_pooling` for distilled
@@ -124,7 +147,7 @@ class HViTModel(HViTPreTrainedModel):
             return out.pooler_output.flatten(1), out  # ResNet pools to (b, C, 1, 1); timm ViT: the normed CLS
         return tokens[:, 0], out
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor, curvature: float | torch.Tensor | None = None) -> torch.Tensor:
         """Head: linear map, then clip → expmap0 (poincare, lorentz) / normalise (sphere); float32 always.
 
         The Lorentz head maps 2z: the ball's expmap0(z) lies at distance 2‖z‖ from the origin, the
@@ -136,11 +159,12 @@ class HViTModel(HViTPreTrainedModel):
             z = self.head(features.to(self.head.weight.dtype)).float()
             geometry = self.config.geometry
             if geometry in ("poincare", "lorentz"):
+                c = self.curvature if curvature is None else curvature
                 if self.config.clip_radius is not None:
                     z = clip_features(z, self.config.clip_radius)
                 if geometry == "lorentz":
-                    return lorentz_expmap0(2 * z, self.config.curvature)
-                return expmap0(z, self.config.curvature)
+                    return lorentz_expmap0(2 * z, c)
+                return expmap0(z, c)
             if self.config.geometry == "sphere":
                 return F.normalize(z, dim=-1)
             return z
@@ -161,8 +185,10 @@ class HViTModel(HViTPreTrainedModel):
         if interpolate_pos_encoding is not None and BACKBONE_FAMILIES[self.config.backbone_config.model_type].interpolate:
             extra["interpolate_pos_encoding"] = interpolate_pos_encoding
         features, out = self.forward_features(pixel_values, **extra)
+        c = self.curvature
         return HViTOutput(
-            embeddings=self.project(features),
+            embeddings=self.project(features, c),
+            curvature=c if torch.is_tensor(c) else None,
             encoder_embeddings=features,
             last_hidden_state=getattr(out, "last_hidden_state", None),
             hidden_states=getattr(out, "hidden_states", None),
@@ -218,7 +244,10 @@ class HViTModel(HViTPreTrainedModel):
         return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
-        """Weights and config as usual, plus the backbone's image processor (a default one if unknown)."""
+        """Weights and config as usual, plus the backbone's image processor (a default one if unknown); a learnt c
+        is written into `config.curvature` (retrieval, search and the card read it there)."""
+        if self.config.learn_curvature:
+            self.config.curvature = self.learnt_curvature()
         super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         if is_main_process:
             processor = self.image_processor or default_image_processor(self.config)

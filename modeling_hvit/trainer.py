@@ -15,6 +15,7 @@ import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
+from .curvature import CurvatureMonitor, add_curvature_param_group
 from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings
@@ -37,6 +38,10 @@ class HViTTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Images per device when embedding."})
     samples_per_class: int = field(default=2, metadata={"help": "m: images per class in a batch."})
     temperature: float | None = field(default=None, metadata={"help": "τ; default 0.2 (poincare, lorentz), 0.1 (sphere)."})
+    curvature_learning_rate: float = field(default=1e-2, metadata={"help": "LR of log c with a learnt curvature "
+                                           "(HViTConfig.learn_curvature; no weight decay)."})
+    curvature_bound_patience: int = field(default=5, metadata={"help": "Warn when a learnt c sits at a bound this "
+                                          "many logging windows."})
     loss_reduction: str = field(default="sum", metadata={"help": "'sum' over view pairs (original) or 'mean'."})
     recall_ks: str | None = field(default=None, metadata={"help": "Comma-separated K for Recall@K; default by dataset."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `image` for the lazy transform."})
@@ -117,6 +122,8 @@ class HViTTrainer(Trainer):
                 self.train_labels, getattr(self.args, "samples_per_class", 2), self.args.per_device_train_batch_size,
                 world_size=self.args.world_size, seed=self.args.seed)
         self._loss_stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._curvature = (CurvatureMonitor(getattr(self.args, "curvature_bound_patience", 5))
+                           if model_config.learn_curvature else None)
         self.add_callback(CheckpointCallback())  # checksums.sha256 in every checkpoint
 
     def _get_train_sampler(self, train_dataset=None):
@@ -125,11 +132,21 @@ class HViTTrainer(Trainer):
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, _ in model.named_parameters()]  # the original decays every parameter
 
+    def create_optimizer(self, *args, **kwargs):
+        """As the Trainer's, plus a learnt curvature's own group (its LR, no weight decay)."""
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if created and self._curvature is not None:
+            add_curvature_param_group(optimizer, self.accelerator.unwrap_model(self.model),
+                                      getattr(self.args, "curvature_learning_rate", 1e-2))
+        return optimizer
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"])
         embeddings, global_labels = gather_batch(outputs.embeddings.float(), labels)
-        result = self.loss_fn(embeddings, global_labels)
+        c = getattr(outputs, "curvature", None)  # a learnt c: the loss is differentiable in it
+        result = self.loss_fn(embeddings, global_labels, **({} if c is None else {"curvature": c}))
         if model.training:
             for key, value in result.stats.items():
                 if key not in ("num_classes", "samples_per_class"):
@@ -174,6 +191,8 @@ class HViTTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._curvature is not None and "loss" in logs:
+            logs.update(self._curvature.logs(self.accelerator.unwrap_model(self.model)))
         if self._loss_stats and "loss" in logs:
             reduce = {"min": torch.min, "max": torch.max}  # extremes over the logging window, means otherwise
             logs.update({f"train_{k}": round(reduce.get(k.rsplit("_", 1)[-1], torch.mean)(torch.stack(v).float()).item(), 4)

@@ -55,6 +55,8 @@ class ModelArguments:
     embedding_dim: int = field(default=128, metadata={"help": "Head output dimension."})
     geometry: str = field(default="poincare", metadata={"help": "poincare, lorentz, sphere or euclidean."})
     curvature: str = field(default="0.1", metadata={"help": "c of the ball, or 'auto' to estimate it from δ."})
+    learn_curvature: bool = field(default=False, metadata={"help": "Learn c (log space, within the config's "
+                                  "curvature_min/max; LR --curvature_learning_rate); the final c is saved."})
     clip_radius: float | None = field(default=2.3, metadata={"help": "Feature clipping radius r."})
     freeze_patch_embed: bool = field(default=True, metadata={"help": "Freeze the patch embedding (paper)."})
     freeze_blocks: int = field(default=0, metadata={"help": "Also freeze the first N blocks."})
@@ -96,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
 def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
     head = {"embedding_dim": margs.embedding_dim, "geometry": margs.geometry, "curvature": curvature,
             "clip_radius": margs.clip_radius, "freeze_patch_embed": margs.freeze_patch_embed,
-            "freeze_blocks": margs.freeze_blocks}
+            "freeze_blocks": margs.freeze_blocks, "learn_curvature": margs.learn_curvature}
     if margs.model_name_or_path:
         return HViTModel.from_pretrained(margs.model_name_or_path, dtype=torch.float32)  # fp32 master weights
     if margs.backbone.startswith("scratch:"):
