@@ -130,7 +130,7 @@ class HViTModel(HViTPreTrainedModel):
 
     def learnt_curvature(self) -> float:
         """The current c as a float within the configured bounds (what `save_pretrained` writes to the config)."""
-        c = float(self.curvature)
+        c = float(self.curvature.detach())
         return min(max(c, self.config.curvature_min), self.config.curvature_max)
 
     # -- forward --------------------------------------------------------------------------------

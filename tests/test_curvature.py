@@ -75,7 +75,7 @@ def test_learnt_c_moves_to_the_best_c_of_a_grid_search_and_stays_in_bounds(noise
     seen = []
     for _ in range(150):
         c = model.curvature
-        seen.append(float(c))
+        seen.append(float(c.detach()))
         loss = loss_fn(lorentz_expmap0(2 * z, c), labels, curvature=c).loss
         opt.zero_grad()
         loss.backward()
