@@ -1,5 +1,5 @@
 # Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
-"""Cost of the Lorentz head relative to the fixed Poincaré head, measured in the same run (issue 16).
+"""Cost of the Lorentz and learnable-c heads relative to the fixed Poincaré head, in the same run (issue 16).
 
     .venv/bin/python bench/geometry_heads.py [--batch 900] [--dim 128] [--reps 5] [--device cpu]
 
@@ -35,16 +35,20 @@ def main() -> None:
           "intermediate_size": 64, "image_size": 32, "patch_size": 16}
     heads, losses = {}, {}
     torch.manual_seed(0)
-    for g in ("poincare", "lorentz"):
-        heads[g] = HViTModel(HViTConfig(backbone_config=bb, embedding_dim=a.dim, geometry=g)).to(a.device).train()
-        losses[g] = PairwiseCrossEntropyLoss(g, curvature=0.1)
-    heads["lorentz"].load_state_dict(heads["poincare"].state_dict())
+    variants = {"poincare": ("poincare", False), "lorentz": ("lorentz", False),
+                "poincare, learnt c": ("poincare", True), "lorentz, learnt c": ("lorentz", True)}
+    for name, (g, learn) in variants.items():
+        heads[name] = HViTModel(HViTConfig(backbone_config=bb, embedding_dim=a.dim, geometry=g,
+                                           learn_curvature=learn)).to(a.device).train()
+        heads[name].load_state_dict(heads["poincare"].state_dict(), strict=False)
+        losses[name] = PairwiseCrossEntropyLoss(g, curvature=0.1)
     feats = torch.randn(a.batch, 384, device=a.device) * 3
     labels = torch.arange(a.batch // 2, device=a.device).repeat(2)
 
     def step(g: str) -> float:
         f = feats.clone().requires_grad_()
-        out = losses[g](heads[g].project(f), labels).loss
+        c = heads[g].curvature
+        out = losses[g](heads[g].project(f, c), labels, **({"curvature": c} if torch.is_tensor(c) else {})).loss
         out.backward()
         if a.device != "cpu":
             torch.cuda.synchronize()
