@@ -146,3 +146,26 @@ def test_trainer_group_logging_and_two_steps(tmp_path):
     assert len(groups[0]["params"]) == 1
     n_opt = sum(len(g["params"]) for g in opt.param_groups)
     assert n_opt == sum(p.requires_grad for p in trainer.model.parameters())
+
+
+def test_resume_check_accepts_a_learnt_c_but_not_changed_bounds(tmp_path):
+    """A checkpoint's config.json holds the learnt c (save_pretrained writes it), which differs from the run's
+    initial c by design: resuming must not report it as a changed setting; changed bounds still are."""
+    import json
+
+    from modeling_hvit.checkpoint import changed_settings
+    from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments
+
+    saved = tiny(geometry="lorentz")
+    with torch.no_grad():
+        saved.log_curvature.fill_(math.log(0.42))
+    saved.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "trainer_state.json").write_text(json.dumps({"train_batch_size": 4}))
+    args = HViTTrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none",
+                                 per_device_train_batch_size=4)
+    assert changed_settings(tmp_path / "ckpt", HViTTrainer(model=tiny(geometry="lorentz"), args=args)) == []
+    other = HViTTrainer(model=tiny(geometry="lorentz", curvature_max=5.0), args=args)
+    assert any("curvature_max" in s for s in changed_settings(tmp_path / "ckpt", other))
+    fixed = HViTTrainer(model=HViTModel(HViTConfig(backbone_config=BB, embedding_dim=8, geometry="lorentz")),
+                        args=args)
+    assert any(s.startswith("learn_curvature") for s in changed_settings(tmp_path / "ckpt", fixed))
