@@ -155,8 +155,8 @@ def test_from_backbone_rejects_an_unknown_family(tmp_path):
         HViTModel.from_backbone(tmp_path / "bert")
 
 
-def train_two_steps(model: HViTModel, out_dir) -> list[float]:
-    """2 HViTTrainer steps on the demo data (32 px); returns the logged losses."""
+def train_two_steps(model: HViTModel, out_dir) -> list[dict]:
+    """2 HViTTrainer steps on the demo data (32 px); returns the 2 training log entries."""
     from modeling_hvit.data import build_dataset, dataset_labels
     from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments
     from modeling_hvit.transforms import TrainTransform, with_image_transform
@@ -171,11 +171,11 @@ def train_two_steps(model: HViTModel, out_dir) -> list[float]:
     trainer = HViTTrainer(model=model, args=args, train_dataset=with_image_transform(train, TrainTransform(32)),
                           train_labels=dataset_labels(train))
     trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor([h["loss"] for h in logged])))
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert "head.weight" in moved and any(n.startswith("backbone.") for n in moved)
-    return losses
+    return logged
 
 
 @pytest.mark.parametrize("model_type", [*AVAILABLE, "lorentz"])

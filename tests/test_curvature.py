@@ -133,9 +133,10 @@ def test_trainer_group_logging_and_two_steps(tmp_path):
     from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments
 
     model = tiny(geometry="lorentz").train()
-    losses = train_two_steps(model, tmp_path)
-    assert len(losses) == 2
-    assert float(model.log_curvature) != pytest.approx(math.log(0.1))  # c trained
+    logged = train_two_steps(model, tmp_path)
+    assert float(model.log_curvature.detach()) != pytest.approx(math.log(0.1))  # c trained
+    assert all(0.001 <= h["curvature"] <= 10 for h in logged)  # logged every logging step
+    assert logged[-1]["curvature"] == pytest.approx(model.learnt_curvature(), rel=1e-5)
     # its own group: the curvature LR, no weight decay; every other trainable parameter decays
     args = HViTTrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none",
                                  per_device_train_batch_size=4, curvature_learning_rate=0.05)
