@@ -129,7 +129,10 @@ class HViTModel(HViTPreTrainedModel):
         return self.log_curvature.float().exp()
 
     def learnt_curvature(self) -> float:
-        """The current c as a float within the configured bounds (what `save_pretrained` writes to the config)."""
+        """The current c as a float: `config.curvature`, or the learnt c within its bounds (what `save_pretrained`
+        writes to the config); evaluation during training reads it."""
+        if not self.config.learn_curvature:
+            return float(self.config.curvature)
         c = float(self.curvature.detach())
         return min(max(c, self.config.curvature_min), self.config.curvature_max)
 

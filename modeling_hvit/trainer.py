@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,11 +74,12 @@ class HViTTrainingArguments(TrainingArguments):
         return None if not self.recall_ks else tuple(int(k) for k in str(self.recall_ks).split(","))
 
 
-def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | None = None):
+def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], ks: Sequence[int] | None = None):
     """`compute_metrics` for the Trainer: Recall@K, P@1, R-Precision, MAP@R of the head embeddings
     (in their geometry) and of the encoder features (cosine, keys prefixed ``encoder_``), through
     `evaluation.evaluate_embeddings`. With ``gallery`` (a second `EvalPrediction`), queries are
-    scored against it (In-Shop); otherwise every item against all the others."""
+    scored against it (In-Shop); otherwise every item against all the others. ``curvature`` may be a callable
+    read at each evaluation (a learnt c: ``HViTModel.learnt_curvature``)."""
 
     def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None) -> dict[str, float]:
         emb, enc = (torch.as_tensor(np.asarray(a)) for a in pred.predictions)
@@ -87,7 +88,8 @@ def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | No
         ref = None
         if gallery is not None:
             ref = (*(torch.as_tensor(np.asarray(a)) for a in gallery.predictions), np.asarray(gallery.label_ids))
-        return evaluate_embeddings(emb, enc, labels, geometry, curvature, ks_, gallery=ref)
+        c = curvature() if callable(curvature) else curvature
+        return evaluate_embeddings(emb, enc, labels, geometry, c, ks_, gallery=ref)
 
     return compute_metrics
 

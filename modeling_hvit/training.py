@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
                           train_labels=train_labels,
                           gallery_dataset=with_image_transform(gallery_ds, eval_tf) if gallery_ds is not None else None,
-                          compute_metrics=make_compute_metrics(model.config.geometry, model.config.curvature, ks))
+                          compute_metrics=make_compute_metrics(model.config.geometry, model.learnt_curvature, ks))
     if auto:
         _set_curvature_from_delta(trainer, with_image_transform(train_ds, eval_tf), margs, ks)
 
@@ -199,7 +199,10 @@ def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: Model
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.curvature, model.config.delta_rel = float(est.curvature), float(est.delta_rel_mean)
     trainer.loss_fn.curvature = model.config.curvature
-    trainer.compute_metrics = make_compute_metrics(model.config.geometry, model.config.curvature, ks)
+    if model.config.learn_curvature:  # the estimate is the learnt c's starting point (kept within its bounds)
+        with torch.no_grad():
+            model.log_curvature.fill_(math.log(est.curvature))
+    trainer.compute_metrics = make_compute_metrics(model.config.geometry, model.learnt_curvature, ks)
     logger.warning(f"--curvature auto: δ_rel = {est.delta_rel_mean:.3f} ± {est.delta_rel_std:.3f} over "
                    f"{est.draws} draws of {n} → c = {est.curvature:.4f}")
 

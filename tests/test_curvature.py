@@ -170,3 +170,31 @@ def test_resume_check_accepts_a_learnt_c_but_not_changed_bounds(tmp_path):
     fixed = HViTTrainer(model=HViTModel(HViTConfig(backbone_config=BB, embedding_dim=8, geometry="lorentz")),
                         args=args)
     assert any(s.startswith("learn_curvature") for s in changed_settings(tmp_path / "ckpt", fixed))
+
+
+def test_train_cli_learns_c_from_the_auto_estimate_and_evaluates_with_the_learnt_c(tmp_path):
+    """`--learn_curvature --curvature auto`: the δ estimate is the starting point of the learnt c (it used to start
+    from 0.1 whatever the estimate), and the evaluation after training scores with the learnt c."""
+    import json
+
+    from modeling_hvit.trainer import make_compute_metrics
+    from modeling_hvit.training import main
+
+    main(["--output_dir", str(tmp_path / "run"), "--curvature", "auto", "--learn_curvature", "true",
+          "--curvature_learning_rate", "0.01", "--max_steps", "1", "--delta_n", "300", "--delta_draws", "2",
+          "--disable_tqdm", "true", "--max_eval_samples", "200"])
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    estimate = (0.144 / cfg["delta_rel"]) ** 2
+    assert cfg["learn_curvature"] and abs(math.log(estimate / 0.1)) > 0.1  # the two starting points differ
+    assert abs(math.log(cfg["curvature"] / estimate)) < 0.03  # one step of lr 0.01 from the estimate
+    model = HViTModel.from_pretrained(tmp_path / "run")
+    assert model.learnt_curvature() == pytest.approx(cfg["curvature"], rel=1e-6)
+    # compute_metrics reads c when it evaluates, not when it is built
+    calls = []
+    metrics = make_compute_metrics("lorentz", lambda: calls.append(1) or 0.25, (1,))
+    assert not calls
+    from transformers import EvalPrediction
+
+    emb = torch.randn(8, 4)
+    metrics(EvalPrediction(predictions=(emb.numpy(), emb.numpy()), label_ids=torch.arange(4).repeat(2).numpy()))
+    assert calls == [1]
