@@ -132,7 +132,8 @@ def _complete_siblings(folder: Path, world_size: int, scaler: bool) -> list[Path
 
 
 # Model settings that must match the checkpoint's config.json for the resumed run to be the same run.
-HEAD_SETTINGS = ("embedding_dim", "geometry", "curvature", "clip_radius", "freeze_patch_embed", "freeze_blocks")
+HEAD_SETTINGS = ("embedding_dim", "geometry", "curvature", "clip_radius", "freeze_patch_embed", "freeze_blocks",
+                 "learn_curvature", "curvature_min", "curvature_max")
 
 
 def changed_settings(checkpoint: str | os.PathLike, trainer) -> list[str]:
@@ -142,6 +143,8 @@ def changed_settings(checkpoint: str | os.PathLike, trainer) -> list[str]:
     config = trainer.accelerator.unwrap_model(trainer.model).config
     saved = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     for key in HEAD_SETTINGS:
+        if key == "curvature" and getattr(config, "learn_curvature", False):
+            continue  # a learnt c moves by design (config.json holds its value then); it resumes from the weights
         then, now = saved.get(key), getattr(config, key, None)
         same = (math.isclose(then, now, rel_tol=1e-3) if isinstance(then, float) and isinstance(now, (int, float))
                 else then == now)

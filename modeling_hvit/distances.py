@@ -5,6 +5,7 @@ Losses use ``similarity / temperature`` as logits and retrieval takes the top-k 
 switch geometry with a string:
 
 - ``"poincare"``: −d_hyp (Poincaré ball, curvature c), the Hyp- models;
+- ``"lorentz"``: −d_hyp on the hyperboloid of curvature −c (inputs: space components, ``lorentz.py``);
 - ``"sphere"``: cosine similarity, the Sph- models (the original's ``+cos/τ`` logits);
 - ``"euclidean"``: −‖x − y‖.
 
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 
 from .configuration_hvit import GEOMETRIES
 from .hyperbolic import _fp32, _no_autocast, pairwise_distance
+from .lorentz import ball_to_hyperboloid
+from .lorentz import pairwise_distance as lorentz_pairwise_distance
 
 
 def check_geometry(geometry: str) -> str:
@@ -43,12 +46,20 @@ def euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_similarity(x: torch.Tensor, y: torch.Tensor | None = None, geometry: str = "poincare",
-                        curvature: float = 0.1, exact: bool = True) -> torch.Tensor:
-    """(n, m) similarity between rows of x and y (y defaults to x) in the named geometry."""
+                        curvature: float | torch.Tensor = 0.1, exact: bool = True) -> torch.Tensor:
+    """(n, m) similarity between rows of x and y (y defaults to x) in the named geometry; differentiable in a
+    tensor ``curvature`` (a learnt c)."""
     y = x if y is None else y
     check_geometry(geometry)
+    if geometry == "poincare" and torch.is_tensor(curvature) and curvature.requires_grad:
+        # a learnt c: hyperbolic.pairwise_distance's hand-written backward treats c as a constant, so go through
+        # the isometric hyperboloid, whose distance is plain autograd (differentiable in c too)
+        return -lorentz_pairwise_distance(ball_to_hyperboloid(x, curvature), ball_to_hyperboloid(y, curvature),
+                                          curvature, exact=exact)
     if geometry == "poincare":
         return -pairwise_distance(x, y, curvature, exact=exact)
+    if geometry == "lorentz":
+        return -lorentz_pairwise_distance(x, y, curvature, exact=exact)
     if geometry == "sphere":
         return cosine_similarity(x, y)
     return -euclidean_distance(x, y)

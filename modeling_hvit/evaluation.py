@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "embedding_dim": int(emb.shape[1]), "wall_seconds": round(time.perf_counter() - start, 2)})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\n{args.model} on {dargs.dataset} ({metrics['split']}, {len(lab)} queries; head: {geometry}"
-          f"{f', c={curvature:g}' if geometry == 'poincare' else ''}; encoder: cosine)\n{format_table(metrics)}")
+          f"{f', c={curvature:g}' if geometry in ('poincare', 'lorentz') else ''}; encoder: cosine)\n{format_table(metrics)}")
     extra = format_extra(metrics)
     if extra:
         print(extra)

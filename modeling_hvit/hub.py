@@ -33,7 +33,8 @@ logger = logging.get_logger(__name__)
 __all__ = ["HubFolderError", "HubPushError", "REMOTE_CODE_FILES", "prepare_upload", "push_to_hub",
            "render_model_card", "main"]
 
-REMOTE_CODE_FILES = ("configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py", "image_processing_hvit.py")
+REMOTE_CODE_FILES = ("configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py", "lorentz.py",
+                     "image_processing_hvit.py")
 PROCESSOR_FILE = "preprocessor_config.json"
 # Uploaded when present, beside the weights, config, code and processor config.
 OPTIONAL_FILES = ("metrics.json", "train_args.json")
@@ -108,7 +109,7 @@ def prepare_upload(folder: str | os.PathLike) -> list[str]:
 
     Required: `config.json` (model_type "hvit", an `auto_map` with AutoConfig and AutoModel),
     `model.safetensors` (or a safetensors index and its shards), the remote-code files
-    (`configuration_hvit.py`, `modeling_hvit.py`, `hyperbolic.py` and their relative imports) and
+    (`configuration_hvit.py`, `modeling_hvit.py`, `hyperbolic.py`, `lorentz.py` and their relative imports) and
     `preprocessor_config.json`. Also listed when present: `metrics.json`, `train_args.json` and top-level
     images (the Poincaré-disk plot). Everything else — `training_args.bin`, optimizer/scheduler/RNG
     state, `checkpoint-*/`, `runs/`, any `*.bin`/`*.pt`/`*.pth` — is left out, and so is an existing

@@ -198,6 +198,19 @@ def _geometry(config: dict) -> dict[str, str]:
                     "    x2, y2 = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1)\n"
                     "    sq = (x2 + y2 - 2 * x @ y.T).clamp_min(0)  # |x - y|^2\n"
                     "    return torch.acosh(1 + 2 * c * sq / ((1 - c * x2) * (1 - c * y2))) / c**0.5")}
+    if g == "lorentz":
+        clip = f"clipped to norm r = {r}, doubled, then " if r is not None else "doubled, then "
+        return {"geometry_text": f"on the hyperboloid (Lorentz model) of curvature −c (c = {c}): the feature is {clip}"
+                                 "mapped onto it by the exponential map at the origin; the embeddings are the space "
+                                 "components x_s (time component x_0 = sqrt(1/c + |x_s|^2))",
+                "geometry_short": f"Lorentz model, c = {c}", "score_text": "the hyperbolic (geodesic) distance",
+                "distance_call": "lorentz_distance(query, gallery, model.config.curvature)",
+                "distance_code": (
+                    "def lorentz_distance(x, y, c):\n"
+                    '    """Geodesic distance of all pairs of rows (space components) on the hyperboloid of curvature -c."""\n'
+                    "    x, y = x.double(), y.double()\n"
+                    "    x0, y0 = (1 / c + x.pow(2).sum(-1)).sqrt(), (1 / c + y.pow(2).sum(-1)).sqrt()\n"
+                    "    return torch.acosh((c * (x0[:, None] * y0 - x @ y.T)).clamp_min(1)) / c**0.5")}
     if g == "sphere":
         return {"geometry_text": "on the unit sphere (L2-normalised)", "geometry_short": "unit sphere",
                 "score_text": "cosine similarity", "distance_call": "cosine_distance(query, gallery)",
@@ -216,7 +229,7 @@ def _recipe(config: dict, metrics: dict, train_args: dict, dataset_name: str, ba
             ("Encoder", backbone_text.rstrip(".")),
             ("Head", f"Linear({config.get('backbone_hidden_size')} → {config.get('embedding_dim')}), geometry "
                      f"`{g}`" + (f", curvature c = {config.get('curvature')}, clip radius r = {config.get('clip_radius')}"
-                                 if g == "poincare" else ""))]
+                                 if g in ("poincare", "lorentz") else ""))]
     delta = config.get("delta_rel") if config.get("delta_rel") is not None else metrics.get("delta_rel")
     if str(m.get("curvature", "")).strip().lower() == "auto" or delta is not None:
         rows.append(("Curvature", f"c = {config.get('curvature')}" + (
@@ -286,7 +299,8 @@ def build_card(folder: Path, repo_id: str | None = None, *, license: str = "apac
     geometry = config.get("geometry", "poincare")
     bb_type = (config.get("backbone_config") or {}).get("model_type")
     tags = ["hvit", "image-retrieval", "metric-learning", "vision-transformer",
-            *({"poincare": ["hyperbolic", "poincare-ball"], "sphere": ["hypersphere"]}.get(geometry, [])),
+            *({"poincare": ["hyperbolic", "poincare-ball"], "lorentz": ["hyperbolic", "lorentz-model"],
+               "sphere": ["hypersphere"]}.get(geometry, [])),
             *([bb_type] if bb_type else []), *([key] if key and key in DATASET_NAMES and key != "folder" else [])]
     card_data = ModelCardData(model_name=name, base_model=base_model, datasets=[hub_dataset] if hub_dataset else None,
                               eval_results=eval_results or None, library_name="transformers",

@@ -42,11 +42,20 @@ __all__ = [
 ]
 
 
-def _check_c(c: float) -> float:
+def _check_c(c: float | torch.Tensor) -> float | torch.Tensor:
+    """A Python c is checked on the host; a tensor c (a learnable curvature, ``HViTModel.curvature``) is used as
+    given, differentiably (checking its value would sync the device)."""
+    if torch.is_tensor(c):
+        return c
     c = float(c)
     if not (math.isfinite(c) and c > 0):
         raise ValueError(f"curvature c must be a finite number > 0 for the hyperboloid, got {c}")
     return c
+
+
+def _sqrt_c(c: float | torch.Tensor) -> float | torch.Tensor:
+    c = _check_c(c)
+    return c.sqrt() if torch.is_tensor(c) else math.sqrt(c)
 
 
 def time_component(x_s: torch.Tensor, c: float) -> torch.Tensor:
@@ -59,7 +68,7 @@ def time_component(x_s: torch.Tensor, c: float) -> torch.Tensor:
 def expmap0(v: torch.Tensor, c: float) -> torch.Tensor:
     """Exponential map at the origin, space components: sinh(√c‖v‖)·v/(√c‖v‖); d(origin, ·) = ‖v‖."""
     (v,) = _fp32(v)
-    sc = math.sqrt(_check_c(c))
+    sc = _sqrt_c(c)
     with _no_autocast(v.device):
         scn = sc * _norm(v)
         return torch.sinh(scn.clamp_max(SINH_MAX)) * v / scn
@@ -68,7 +77,7 @@ def expmap0(v: torch.Tensor, c: float) -> torch.Tensor:
 def logmap0(x_s: torch.Tensor, c: float) -> torch.Tensor:
     """Inverse of ``expmap0``: asinh(√c‖x_s‖)·x_s/(√c‖x_s‖)."""
     (x_s,) = _fp32(x_s)
-    sc = math.sqrt(_check_c(c))
+    sc = _sqrt_c(c)
     with _no_autocast(x_s.device):
         scn = sc * _norm(x_s)
         return _asinh(scn) * x_s / scn
@@ -81,7 +90,7 @@ def inner(x_s: torch.Tensor, y_s: torch.Tensor, c: float) -> torch.Tensor:
         return -time_component(x_s, c) * time_component(y_s, c) + (x_s * y_s).sum(-1)
 
 
-def _from_lorentz_sq(sq: torch.Tensor, sc: float, floor: float = MIN_SQDIST) -> torch.Tensor:
+def _from_lorentz_sq(sq: torch.Tensor, sc: float | torch.Tensor, floor: float = MIN_SQDIST) -> torch.Tensor:
     """(2/√c)·asinh(√c·‖x − y‖_L / 2); squared norms at or below ``floor`` count as 0 (zero gradient)."""
     r = sq.clamp_min(floor).sqrt() * (sq > floor)
     return 2 / sc * _asinh(sc * r / 2)
@@ -90,7 +99,7 @@ def _from_lorentz_sq(sq: torch.Tensor, sc: float, floor: float = MIN_SQDIST) -> 
 def distance(x_s: torch.Tensor, y_s: torch.Tensor, c: float) -> torch.Tensor:
     """Geodesic distance between matching rows (broadcasting); shape ``x_s.shape[:-1]``."""
     x_s, y_s = _fp32(x_s, y_s)
-    sc = math.sqrt(_check_c(c))
+    sc = _sqrt_c(c)
     with _no_autocast(x_s.device):
         diff = x_s - y_s
         dt = (diff * (x_s + y_s)).sum(-1) / (time_component(x_s, c) + time_component(y_s, c))  # x₀ − y₀
@@ -103,11 +112,11 @@ def pairwise_distance(x_s: torch.Tensor, y_s: torch.Tensor | None = None, c: flo
 
     ``exact`` accumulates norms and the Gram matrix in float64, as ``hyperbolic.pairwise_distance``
     does (nearby pairs cancel in float32); the result has the inputs' float type (float32 at least).
-    Differentiable in both arguments (plain autograd).
+    Differentiable in both arguments and in a tensor c (plain autograd).
     """
     y_s = x_s if y_s is None else y_s
     x_s, y_s = _fp32(x_s, y_s)
-    sc = math.sqrt(_check_c(c))
+    sc = _sqrt_c(c)
     out = torch.promote_types(x_s.dtype, y_s.dtype)
     work = torch.float64 if exact else out
     with _no_autocast(x_s.device):
@@ -131,7 +140,7 @@ def ball_to_hyperboloid(p: torch.Tensor, c: float) -> torch.Tensor:
 def hyperboloid_to_ball(x_s: torch.Tensor, c: float) -> torch.Tensor:
     """Hyperboloid space components → Poincaré-ball points x_s/(1 + √c·x₀) (inverse of the above)."""
     (x_s,) = _fp32(x_s)
-    sc = math.sqrt(_check_c(c))
+    sc = _sqrt_c(c)
     with _no_autocast(x_s.device):
         return x_s / (1 + sc * time_component(x_s, c)).unsqueeze(-1)
 

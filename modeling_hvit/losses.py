@@ -33,7 +33,7 @@ __all__ = ["DEFAULT_TEMPERATURE", "LossOutput", "PairwiseCrossEntropyLoss", "gro
            "pairwise_cross_entropy"]
 
 # The paper's temperatures per geometry; "euclidean" has none and needs an explicit one.
-DEFAULT_TEMPERATURE = {"poincare": 0.2, "sphere": 0.1}
+DEFAULT_TEMPERATURE = {"poincare": 0.2, "lorentz": 0.2, "sphere": 0.1}
 REDUCTIONS = ("sum", "mean")
 
 
@@ -229,8 +229,8 @@ class PairwiseCrossEntropyLoss(nn.Module):
             raise ValueError(f"geometry {geometry!r} has no default temperature; pass temperature=")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if geometry == "poincare" and not curvature > 0:
-            raise ValueError(f"curvature must be > 0 for the Poincaré ball, got {curvature}")
+        if geometry in ("poincare", "lorentz") and not curvature > 0:
+            raise ValueError(f"curvature must be > 0 for geometry {geometry!r}, got {curvature}")
         self.geometry = geometry
         self.temperature = DEFAULT_TEMPERATURE[geometry] if temperature is None else float(temperature)
         if not self.temperature > 0:
@@ -239,8 +239,11 @@ class PairwiseCrossEntropyLoss(nn.Module):
         self.reduction = reduction
         self.samples_per_class = samples_per_class
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        return pairwise_cross_entropy(embeddings, labels, self.geometry, self.temperature, self.curvature,
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                curvature: torch.Tensor | None = None) -> LossOutput:
+        """``curvature``: a learnt c (``HViTOutput.curvature``), overriding the fixed one, with gradient."""
+        return pairwise_cross_entropy(embeddings, labels, self.geometry, self.temperature,
+                                      self.curvature if curvature is None else curvature,
                                       self.reduction, self.samples_per_class)
 
     def extra_repr(self) -> str:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .distances import check_geometry
 from .hyperbolic import _no_autocast, lorentz_query, to_lorentz
+from .lorentz import gallery_features, query_features
 
 BACKENDS = ("blocked", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
@@ -69,6 +70,8 @@ def _features(x: torch.Tensor, geometry: str, curvature: float, side: str) -> to
     """Rows whose inner products (plus, for euclidean, a gallery bias) rank neighbours."""
     if geometry == "poincare":
         return lorentz_query(x, curvature) if side == "query" else to_lorentz(x, curvature)
+    if geometry == "lorentz":  # x: hyperboloid space components; same ⟨q, g⟩_L score as poincare
+        return query_features(x, curvature) if side == "query" else gallery_features(x, curvature)
     if geometry == "sphere":
         return F.normalize(x, dim=-1)
     return x
@@ -76,8 +79,8 @@ def _features(x: torch.Tensor, geometry: str, curvature: float, side: str) -> to
 
 def _to_similarity(raw: torch.Tensor, q2: torch.Tensor | None, geometry: str,
                    curvature: float) -> torch.Tensor:
-    """Ranking score → the returned similarity (−d for poincare/euclidean, cosine for sphere)."""
-    if geometry == "poincare":
+    """Ranking score → the returned similarity (−d for poincare/lorentz/euclidean, cosine for sphere)."""
+    if geometry in ("poincare", "lorentz"):
         return -torch.acosh((-curvature * raw).clamp_min(1.0)) / math.sqrt(curvature)  # raw = −⟨q,g⟩_L
     if geometry == "euclidean":
         return -(q2[:, None] + raw).clamp_min(0).sqrt()
@@ -338,8 +341,8 @@ def _faiss(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, cu
         raise ImportError("backend='faiss' needs the faiss extra: pip install 'hvit[faiss]'") from e
     if index not in FAISS_INDEXES:
         raise ValueError(f"faiss index must be one of {FAISS_INDEXES}, got {index!r}")
-    proxy = geometry == "poincare" and index != "flat"
-    ip = geometry == "sphere" or (geometry == "poincare" and not proxy)
+    proxy = geometry in ("poincare", "lorentz") and index != "flat"
+    ip = geometry == "sphere" or (geometry in ("poincare", "lorentz") and not proxy)
     metric = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
     device, n_g = query.device, gallery.shape[0]
     extra = int(exclude_self)
@@ -394,8 +397,8 @@ def _search(query: Any, gallery: Any | None, k: int, geometry: str, curvature: f
     check_geometry(geometry)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if geometry == "poincare" and not curvature > 0:
-        raise ValueError(f"curvature must be > 0 for geometry 'poincare', got {curvature}")
+    if geometry in ("poincare", "lorentz") and not curvature > 0:
+        raise ValueError(f"curvature must be > 0 for geometry {geometry!r}, got {curvature}")
     if refine < 1:
         raise ValueError(f"refine must be ≥ 1, got {refine}")
     if block_size < 1 or gallery_block_size < 1:

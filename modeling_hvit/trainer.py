@@ -10,7 +10,7 @@ import importlib.util
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +20,7 @@ from transformers.training_args import ParallelMode
 from transformers.utils import logging
 
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
+from .curvature import CurvatureMonitor, add_curvature_param_group
 from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings
@@ -50,7 +51,11 @@ class HViTTrainingArguments(TrainingArguments):
         "Images per process; when given it overrides --global_batch_size (global = this × processes).")})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Images per device when embedding."})
     samples_per_class: int = field(default=2, metadata={"help": "m: images per class in a batch."})
-    temperature: float | None = field(default=None, metadata={"help": "τ; default 0.2 (poincare), 0.1 (sphere)."})
+    temperature: float | None = field(default=None, metadata={"help": "τ; default 0.2 (poincare, lorentz), 0.1 (sphere)."})
+    curvature_learning_rate: float = field(default=1e-2, metadata={"help": "LR of log c with a learnt curvature "
+                                           "(HViTConfig.learn_curvature; no weight decay)."})
+    curvature_bound_patience: int = field(default=5, metadata={"help": "Warn when a learnt c sits at a bound this "
+                                          "many logging windows."})
     loss_reduction: str = field(default="sum", metadata={"help": "'sum' over view pairs (original) or 'mean'."})
     recall_ks: str | None = field(default=None, metadata={"help": "Comma-separated K for Recall@K; default by dataset."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep `image` for the lazy transform."})
@@ -152,11 +157,12 @@ class NonFiniteStepError(FloatingPointError):
     """A training step produced a NaN/inf loss or gradient norm (`--on_nonfinite error`)."""
 
 
-def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | None = None):
+def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], ks: Sequence[int] | None = None):
     """`compute_metrics` for the Trainer: Recall@K, P@1, R-Precision, MAP@R of the head embeddings
     (in their geometry) and of the encoder features (cosine, keys prefixed ``encoder_``), through
     `evaluation.evaluate_embeddings`. With ``gallery`` (a second `EvalPrediction`), queries are
-    scored against it (In-Shop); otherwise every item against all the others."""
+    scored against it (In-Shop); otherwise every item against all the others. ``curvature`` may be a callable
+    read at each evaluation (a learnt c: ``HViTModel.learnt_curvature``)."""
 
     def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None) -> dict[str, float]:
         emb, enc = (torch.as_tensor(np.asarray(a)) for a in pred.predictions)
@@ -165,7 +171,8 @@ def make_compute_metrics(geometry: str, curvature: float, ks: Sequence[int] | No
         ref = None
         if gallery is not None:
             ref = (*(torch.as_tensor(np.asarray(a)) for a in gallery.predictions), np.asarray(gallery.label_ids))
-        return evaluate_embeddings(emb, enc, labels, geometry, curvature, ks_, gallery=ref)
+        c = curvature() if callable(curvature) else curvature
+        return evaluate_embeddings(emb, enc, labels, geometry, c, ks_, gallery=ref)
 
     return compute_metrics
 
@@ -209,6 +216,8 @@ class HViTTrainer(Trainer):
                 self.train_labels, getattr(self.args, "samples_per_class", 2), self.args.per_device_train_batch_size,
                 world_size=self.args.world_size, seed=self.args.seed)
         self._loss_stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._curvature = (CurvatureMonitor(getattr(self.args, "curvature_bound_patience", 5))
+                           if model_config.learn_curvature else None)
         self.add_callback(CheckpointCallback())  # checksums.sha256 in every checkpoint
         self._train_dataloader = None
         self._step_loss_finite: torch.Tensor | None = None
@@ -248,11 +257,21 @@ class HViTTrainer(Trainer):
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, _ in model.named_parameters()]  # the original decays every parameter
 
+    def create_optimizer(self, *args, **kwargs):
+        """As the Trainer's, plus a learnt curvature's own group (its LR, no weight decay)."""
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if created and self._curvature is not None:
+            add_curvature_param_group(optimizer, self.accelerator.unwrap_model(self.model),
+                                      getattr(self.args, "curvature_learning_rate", 1e-2))
+        return optimizer
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(pixel_values=pixel_values_for(model, inputs["pixel_values"]))  # uint8 → normalised
         embeddings, global_labels = gather_batch(outputs.embeddings.float(), labels)
-        result = self.loss_fn(embeddings, global_labels)
+        c = getattr(outputs, "curvature", None)  # a learnt c: the loss is differentiable in it
+        result = self.loss_fn(embeddings, global_labels, **({} if c is None else {"curvature": c}))
         if model.training:
             finite = torch.isfinite(result.loss.detach())  # checked once per optimiser step (_NonFiniteGuard)
             self._step_loss_finite = finite if self._step_loss_finite is None else self._step_loss_finite & finite
@@ -303,6 +322,8 @@ class HViTTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._curvature is not None and "loss" in logs:
+            logs.update(self._curvature.logs(self.accelerator.unwrap_model(self.model)))
         if self._loss_stats and "loss" in logs:
             reduce = {"min": torch.min, "max": torch.max}  # extremes over the logging window, means otherwise
             logs.update({f"train_{k}": round(reduce.get(k.rsplit("_", 1)[-1], torch.mean)(torch.stack(v).float()).item(), 4)

@@ -54,8 +54,10 @@ class ModelArguments:
                           f"scratch:<name> to train from scratch ({', '.join(SCRATCH_BACKBONES)})."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a saved HViT model."})
     embedding_dim: int = field(default=128, metadata={"help": "Head output dimension."})
-    geometry: str = field(default="poincare", metadata={"help": "poincare, sphere or euclidean."})
+    geometry: str = field(default="poincare", metadata={"help": "poincare, lorentz, sphere or euclidean."})
     curvature: str = field(default="0.1", metadata={"help": "c of the ball, or 'auto' to estimate it from δ."})
+    learn_curvature: bool = field(default=False, metadata={"help": "Learn c (log space, within the config's "
+                                  "curvature_min/max; LR --curvature_learning_rate); the final c is saved."})
     clip_radius: float | None = field(default=2.3, metadata={"help": "Feature clipping radius r."})
     freeze_patch_embed: bool = field(default=True, metadata={"help": "Freeze the patch embedding (paper)."})
     freeze_blocks: int = field(default=0, metadata={"help": "Also freeze the first N blocks."})
@@ -128,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
 def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
     head = {"embedding_dim": margs.embedding_dim, "geometry": margs.geometry, "curvature": curvature,
             "clip_radius": margs.clip_radius, "freeze_patch_embed": margs.freeze_patch_embed,
-            "freeze_blocks": margs.freeze_blocks}
+            "freeze_blocks": margs.freeze_blocks, "learn_curvature": margs.learn_curvature}
     if margs.model_name_or_path:
         return HViTModel.from_pretrained(margs.model_name_or_path, dtype=torch.float32)  # fp32 master weights
     if margs.backbone.startswith("scratch:"):
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
                           train_labels=train_labels,
                           gallery_dataset=with_tf(gallery_ds, eval_tf) if gallery_ds is not None else None,
-                          compute_metrics=make_compute_metrics(model.config.geometry, model.config.curvature, ks))
+                          compute_metrics=make_compute_metrics(model.config.geometry, model.learnt_curvature, ks))
     if auto:
         _set_curvature_from_delta(trainer, with_tf(train_ds, eval_tf), margs, ks)
 
@@ -236,7 +238,10 @@ def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: Model
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.curvature, model.config.delta_rel = float(est.curvature), float(est.delta_rel_mean)
     trainer.loss_fn.curvature = model.config.curvature
-    trainer.compute_metrics = make_compute_metrics(model.config.geometry, model.config.curvature, ks)
+    if model.config.learn_curvature:  # the estimate is the learnt c's starting point (kept within its bounds)
+        with torch.no_grad():
+            model.log_curvature.fill_(math.log(est.curvature))
+    trainer.compute_metrics = make_compute_metrics(model.config.geometry, model.learnt_curvature, ks)
     logger.warning(f"--curvature auto: δ_rel = {est.delta_rel_mean:.3f} ± {est.delta_rel_std:.3f} over "
                    f"{est.draws} draws of {n} → c = {est.curvature:.4f}")
 

@@ -4,7 +4,7 @@
 2-d Poincaré embeddings are drawn as they are (scaled by √c onto the unit disk). Anything else goes
 through UMAP with ``output_metric="hyperboloid"``; its 2-d hyperboloid point (x, y) maps to the disk as
 ``(x, y) / (1 + √(1 + x² + y²))``, as in the paper. The UMAP input metric follows the geometry:
-``poincare`` (umap's unit-ball Poincaré distance on √c-scaled points; same neighbour order as curvature
+``poincare`` and ``lorentz`` (mapped to the ball first; umap's unit-ball Poincaré distance on √c-scaled points; same neighbour order as curvature
 c), ``cosine`` for sphere, ``euclidean``. Colours are by class, with a second panel coloured by the
 hierarchy column (SOP super-class, In-Shop category) when given. Figures are built without pyplot,
 so nothing depends on a display or global backend state.
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .distances import check_geometry
 
@@ -45,6 +46,10 @@ def disk_coordinates(embeddings: Any, geometry: str = "poincare", curvature: flo
         raise ValueError(f"embeddings must be (n ≥ 2, dim), got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN/inf; cannot plot them")
+    if geometry == "lorentz":  # hyperboloid space components → the isometric Poincaré ball
+        from .lorentz import hyperboloid_to_ball
+
+        x, geometry = hyperboloid_to_ball(torch.from_numpy(x), curvature).numpy(), "poincare"
     if geometry == "poincare":
         x = x * math.sqrt(curvature)  # the ball of radius 1/√c → the unit ball
         if x.shape[1] == 2:

@@ -37,7 +37,7 @@ TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num
 JUNK = ["training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", "pytorch_model.bin",
         "checkpoint-1/optimizer.pt", "checkpoint-1/model.safetensors", "checkpoint-1/trainer_state.json",
         "runs/Nov26_18-00-00/events.out.tfevents.1", "notes.txt"]
-EXPECTED = {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py",
+EXPECTED = {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py", "lorentz.py",
             "image_processing_hvit.py",
             "preprocessor_config.json", "metrics.json", "train_args.json", "poincare_disk.png"}
 RUN_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "world_size",

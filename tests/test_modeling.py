@@ -111,7 +111,7 @@ def test_vit_and_deit_built_without_pooler():
         assert not any("pooler" in n for n, _ in tiny_model(bb).named_parameters())
 
 
-@pytest.mark.parametrize("geometry", ["sphere", "euclidean"])
+@pytest.mark.parametrize("geometry", ["sphere", "euclidean", "lorentz"])
 def test_other_geometries(geometry, pixels):
     model = tiny_model(geometry=geometry)
     out = model(pixels)
@@ -119,6 +119,10 @@ def test_other_geometries(geometry, pixels):
     if geometry == "sphere":
         torch.testing.assert_close(out.embeddings.norm(dim=-1), torch.ones(3))
         z = z / z.norm(dim=-1, keepdim=True)
+    if geometry == "lorentz":  # clip(2.3), then the hyperboloid's expmap0 of 2z: sinh(√c‖2z‖)·2z/(√c‖2z‖)
+        z = 2 * z * torch.clamp(2.3 / z.norm(dim=-1, keepdim=True), max=1.0)
+        n = 0.1**0.5 * z.norm(dim=-1, keepdim=True)
+        z = torch.sinh(n) * z / n
     torch.testing.assert_close(out.embeddings, z)
 
 
@@ -137,7 +141,7 @@ def test_save_load_identical_and_head_not_reinitialised(tmp_path, pixels):
         model.head.bias.fill_(0.25)
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
-    assert {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py",
+    assert {"config.json", "model.safetensors", "configuration_hvit.py", "modeling_hvit.py", "hyperbolic.py", "lorentz.py",
             "preprocessor_config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -168,6 +172,17 @@ def test_freezing(pixels):
     assert all(not p.requires_grad for p in dinov2.backbone.encoder.parameters())
     with pytest.raises(ValueError, match="freeze_blocks"):
         tiny_model(freeze_blocks=3)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_freezing_survives_save_and_load(tmp_path, backbone):
+    """from_pretrained used to return every parameter trainable (loading replaces them): a model fine-tuned from
+    an HViT checkpoint then trained its patch embedding, and DINOv2's unused mask_token broke DDP."""
+    model = tiny_model(backbone, freeze_blocks=1)
+    model.save_pretrained(tmp_path)
+    for back in (HViTModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert [(n, p.requires_grad) for n, p in back.named_parameters()] == \
+            [(n, p.requires_grad) for n, p in model.named_parameters()]
 
 
 TIMM_VIT = {"model_type": "timm_wrapper", "architecture": "vit_tiny_patch16_224", "num_classes": 0,
@@ -305,10 +320,13 @@ REMOTE_SCRIPT = BLOCK_HVIT_IMPORT + textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("backbone,geometry", [("vit", "poincare"), ("dinov2", "sphere"), ("deit", "poincare")])
+@pytest.mark.parametrize("backbone,geometry", [("vit", "poincare"), ("dinov2", "sphere"), ("deit", "poincare"),
+                                               ("vit", "lorentz")])
 def test_remote_code_load_in_fresh_process(tmp_path, pixels, backbone, geometry):
     model = tiny_model(backbone, geometry=geometry)
     model.save_pretrained(tmp_path / "model")
+    if geometry == "lorentz":  # modeling_hvit.py imports lorentz.py, which must travel as remote code
+        assert (tmp_path / "model" / "lorentz.py").is_file()
     torch.save(pixels, tmp_path / "x.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "model"), str(tmp_path / "x.pt"),

@@ -61,7 +61,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
         disk_coordinates(np.full((5, 2), np.nan))
     with pytest.raises(ValueError, match="geometry"):
-        disk_coordinates(pts, "lorentz")
+        disk_coordinates(pts, "hyperboloid")
 
 
 @pytest.mark.slow
