@@ -34,6 +34,11 @@ COMMANDS: dict[str, Command] = {
     "delta": Command("modeling_hvit.cli:delta_main", "δ-hyperbolicity of a model's features and the curvature it suggests"),
     "push": Command("modeling_hvit.cli:push_main", "publish a trained folder on the Hugging Face Hub with its model card"),
     "card": Command("modeling_hvit.cli:card_main", "render the model card of a trained folder (offline preview)"),
+    "index": Command("modeling_hvit.search.cli:index_main", "build or extend a search index of your images (build | add)"),
+    "search": Command("modeling_hvit.search.cli:search_main", "nearest neighbours of query images in an index"),
+    "dedup": Command("modeling_hvit.search.cli:dedup_main", "near-duplicate groups in an index, with threshold help"),
+    "app": Command("modeling_hvit.search.app:main", "a Gradio app over an index (the [app] extra)"),
+    "data": Command("modeling_hvit.cli:data_main", "prepare training data: `hvit data cache` (decode-once reduced images)"),
 }
 
 
@@ -53,6 +58,21 @@ def card_main(argv: list[str]) -> int:
     from .hub import main as hub
 
     return hub(["card", *argv], prog="hvit")
+
+
+def data_main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: hvit data cache [--help] --dataset NAME [--data_dir DIR] ...\n\n"
+              "  cache   write each split once at a reduced size (sharded Arrow), so training decodes small images")
+        return 0
+    if not argv or argv[0] != "cache":
+        from .errors import UserError
+
+        raise UserError(f"expected `hvit data cache ...`, got {' '.join(argv) or 'nothing'} (`hvit data cache --help`)")
+    from .image_cache import main as cache
+
+    cache(argv[1:])
+    return 0
 
 
 def _usage() -> str:

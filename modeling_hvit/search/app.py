@@ -4,7 +4,7 @@ that shows the near-duplicate groups. Needs ``gradio`` (the ``app`` extra).
 
 As a Hugging Face Space: an ``app.py`` of ``from modeling_hvit.search.app import demo; demo.launch()``
 with the index folder in the Space and ``HVIT_INDEX`` (and optionally ``HVIT_MODEL``) set; ``demo``
-is built at import when ``HVIT_INDEX`` is set. Locally: ``python -m modeling_hvit.search.app INDEX``.
+is built at import when ``HVIT_INDEX`` is set. Locally: ``hvit app INDEX`` (or ``python -m modeling_hvit.search.app INDEX``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .embedder import Embedder
 from .index import HViTIndex
 from .store import Manifest
 
-__all__ = ["build_demo", "demo"]
+__all__ = ["build_demo", "demo", "main"]
 
 
 def build_demo(index_dir: str | os.PathLike, model: Any = None, *, embedder: Embedder | None = None):
@@ -69,7 +69,24 @@ def build_demo(index_dir: str | os.PathLike, model: Any = None, *, embedder: Emb
 
 demo = build_demo(os.environ["HVIT_INDEX"], os.environ.get("HVIT_MODEL")) if os.environ.get("HVIT_INDEX") else None
 
+def main(argv: list[str] | None = None) -> int:
+    """`hvit app INDEX [MODEL] [--port N]`: serve the app locally."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="hvit app", description=main.__doc__)
+    p.add_argument("index", help="an index folder (`hvit index build`)")
+    p.add_argument("model", nargs="?", default=None, help="model (default: the one recorded in the index)")
+    p.add_argument("--port", type=int, default=None, help="server port (default: Gradio's)")
+    args = p.parse_args(argv)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        from ..errors import UserError
+
+        raise UserError("hvit app needs gradio: pip install 'hvit[app]'") from None
+    build_demo(args.index, args.model).launch(server_port=args.port)
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m modeling_hvit.search.app INDEX [MODEL]")
-    build_demo(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None).launch()
+    sys.exit(main())
