@@ -61,17 +61,16 @@ def card_main(argv: list[str]) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    if argv[:1] in (["-h"], ["--help"]):
-        print("usage: hvit data cache [--help] --dataset NAME [--data_dir DIR] ...\n\n"
-              "  cache   write each split once at a reduced size (sharded Arrow), so training decodes small images")
-        return 0
-    if not argv or argv[0] != "cache":
-        from .errors import UserError
+    import argparse
 
-        raise UserError(f"expected `hvit data cache ...`, got {' '.join(argv) or 'nothing'} (`hvit data cache --help`)")
+    p = argparse.ArgumentParser(prog="hvit data", description="Prepare training data.")
+    p.add_argument("action", choices=["cache"], help="cache: write each split once at a reduced size (sharded "
+                   "Arrow), so training decodes small images (`hvit data cache --help`)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the action's options")
+    args = p.parse_args(argv)
     from .image_cache import main as cache
 
-    cache(argv[1:])
+    cache(args.args)
     return 0
 
 

@@ -37,12 +37,11 @@ def write_images(folder: Path, n: int, seed: int = 0, bad: int = 0) -> list[Path
 
 
 def forward_embeddings(model, paths):
-    """Independent path: the model's eval transform and forward, one image at a time."""
-    from modeling_hvit.transforms import transforms_for_model
+    """Independent path: the model's saved evaluation preprocessing and forward, one image at a time."""
+    from modeling_hvit.transforms import preprocess
 
-    tf = transforms_for_model(model, "folder")[1]
     with torch.no_grad():
-        return torch.cat([model(tf(Image.open(p).convert("RGB"))[None]).embeddings for p in paths])
+        return torch.cat([model(preprocess([Image.open(p).convert("RGB")], model)).embeddings for p in paths])
 
 
 @pytest.fixture(scope="module")

@@ -100,35 +100,44 @@ class Embedder:
                    model_id: str | None = None) -> "Embedder":
         """Wrap an ``HViTModel`` (or a local directory / Hub id of one)."""
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from transformers import AutoModel
-
-            import modeling_hvit  # noqa: F401  (registers the Auto classes)
-
             from pathlib import Path
+
+            from ..loading import load_model
 
             local = Path(str(model))  # a local directory is recorded absolute (the manifest may be read elsewhere)
             model_id = model_id or (str(local.resolve()) if local.is_dir() else str(model))
-            model = AutoModel.from_pretrained(str(model))
-        from ..transforms import transforms_for_model
+            model = load_model(str(model))  # strict: a checkpoint whose weights do not load is refused
+        from ..transforms import eval_transform_for, model_preprocessing, pixel_values_for
 
-        transform = transforms_for_model(model, "folder")[1]
-        processor = {"image_size": transform.image_size, "resize_size": transform.resize_size,
-                     "image_mean": list(transform.mean), "image_std": list(transform.std)}
+        transform = eval_transform_for(model)  # the evaluation preprocessing saved with the model (uint8 out)
+        prep = model_preprocessing(model)
+        processor = {"image_size": prep.crop_size, "resize_size": prep.resize_size, "resample": int(prep.resample),
+                     "image_mean": list(prep.image_mean), "image_std": list(prep.image_std)}
         if device is not None:
             model = model.to(device)
         model.eval()
         dev = next(model.parameters()).device
         image_encode = _has_image_encode(model)
+        cfg = model.config
+        # A Lorentz model's points are stored as their Poincaré-ball images (the isometry of SPEC §1): the
+        # same distances, so the index, search and dedup work in one hyperbolic model.
+        to_ball = cfg.geometry == "lorentz"
 
         @torch.inference_mode()
         def embed(images: list) -> torch.Tensor:
             if image_encode:
-                return _first_tensor(model.encode(images, batch_size=len(images))).float().cpu()
-            pixels = torch.stack([transform(im) for im in images]).to(dev)
-            return model(pixel_values=pixels).embeddings.float().cpu()
+                z = _first_tensor(model.encode(images, batch_size=len(images), device=dev)).float().cpu()
+            else:
+                pixels = pixel_values_for(model, torch.stack([transform(im) for im in images]).to(dev))
+                z = model(pixel_values=pixels).embeddings.float().cpu()
+            if to_ball:
+                from ..lorentz import hyperboloid_to_ball
 
-        cfg = model.config
-        return cls(embed, cfg.geometry, cfg.curvature if cfg.geometry == "poincare" else None,
+                z = hyperboloid_to_ball(z, float(cfg.curvature))
+            return z
+
+        geometry = "poincare" if to_ball else cfg.geometry
+        return cls(embed, geometry, float(cfg.curvature) if geometry == "poincare" else None,
                    model_fingerprint(model, processor),
                    model_id or getattr(cfg, "_name_or_path", None) or None, processor)
 
