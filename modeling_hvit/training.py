@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
     dsd = dargs.build()
     splits = split_summary(dsd, dargs.dataset)  # recorded in metrics.json and the card
-    logger.warning(f"splits: {describe_splits(splits)}")
+    if targs.process_index == 0:  # information, not a warning: stdout, once
+        print(f"splits: {describe_splits(splits)}", flush=True)
     eval_split = "test" if "test" in dsd else "query"
     train_ds, eval_ds = dsd["train"], dsd[eval_split]
     gallery_ds = dsd["gallery"] if eval_split == "query" and "gallery" in dsd else None  # In-Shop
