@@ -41,7 +41,7 @@ def batch_bytes(jpegs, batch: int) -> dict[str, float]:
     import datasets
     import torch
 
-    from modeling_hvit.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, with_image_transform
+    from modeling_hvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, with_image_transform
 
     feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
     rows = [{"path": name, "bytes": data} for name, data in jpegs]
@@ -58,7 +58,7 @@ def batch_bytes(jpegs, batch: int) -> dict[str, float]:
 def verify_cost(jpegs) -> dict[str, float]:
     from PIL import Image
 
-    from modeling_hvit.data_sources import check_image
+    from modeling_hvit.data.sources import check_image
 
     def header_only(data: bytes):
         with Image.open(io.BytesIO(data)):

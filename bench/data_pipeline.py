@@ -1,6 +1,6 @@
 # Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
 """Data pipeline throughput on real Caltech-101 JPEGs (or the demo): decode, + train/eval transform,
-N workers, and the same from the decode-once cache (`modeling_hvit.image_cache`, JPEG q95 and raw).
+N workers, and the same from the decode-once cache (`modeling_hvit.data.cache`, JPEG q95 and raw).
 
     .venv/bin/python bench/data_pipeline.py [--data_dir ../shared/data/caltech101] [--n_images 1024]
     .venv/bin/python bench/data_pipeline.py --dataset demo --image_size 32
@@ -45,7 +45,7 @@ def _dataset(args):
 def run_variant(args) -> dict:
     import torch
 
-    from modeling_hvit.transforms import EvalTransform, TrainTransform, to_rgb, with_image_transform
+    from modeling_hvit.data.transforms import EvalTransform, TrainTransform, to_rgb, with_image_transform
 
     torch.set_num_threads(1)
     ds = _dataset(args)
@@ -57,7 +57,7 @@ def run_variant(args) -> dict:
     elif variant in ("train", "eval"):
         t = TrainTransform(args.image_size, seed=0) if variant == "train" else EvalTransform(args.image_size)
     elif variant.startswith("reduce"):  # building the cache: decode + reduce to the cache size, per image
-        from modeling_hvit.image_cache import reduce_image
+        from modeling_hvit.data.cache import reduce_image
 
         import datasets
 
@@ -89,7 +89,7 @@ def build_caches(args) -> dict:
     """Build the JPEG and raw caches of the benchmark images (one process: the build rate per worker)."""
     import datasets
 
-    from modeling_hvit.image_cache import build_cache
+    from modeling_hvit.data.cache import build_cache
 
     datasets.disable_progress_bars()
     ds = _dataset(args)

@@ -44,7 +44,7 @@ def main() -> None:
     from transformers import ViTConfig, ViTModel
 
     from modeling_hvit.data import build_dataset, dataset_labels
-    from modeling_hvit.transforms import EvalTransform, TrainTransform
+    from modeling_hvit.data.transforms import EvalTransform, TrainTransform
 
     start = time.process_time()
     ds = build_dataset("demo")

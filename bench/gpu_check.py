@@ -495,14 +495,14 @@ def _synth_jpeg(args) -> bytes:
 
 
 def _to_cache(args) -> dict:
-    from modeling_hvit.image_cache import encode_cached, reduce_image
+    from modeling_hvit.data.cache import encode_cached, reduce_image
 
     data, side, fmt = args
     return encode_cached(reduce_image(data, side), fmt)
 
 
 def _reduce_rate(originals: list, side: int, draft: bool, n: int) -> float:
-    from modeling_hvit.image_cache import reduce_image
+    from modeling_hvit.data.cache import reduce_image
 
     t = time.perf_counter()
     for i in range(n):
@@ -522,7 +522,7 @@ class _PipelineDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from PIL import Image
 
-        from modeling_hvit.image_cache import decode_cached
+        from modeling_hvit.data.cache import decode_cached
 
         rec = self.records[i]
         im = Image.open(io.BytesIO(rec)) if self.fmt == "original" else decode_cached(rec)
@@ -532,7 +532,7 @@ class _PipelineDataset(torch.utils.data.Dataset):
 
 
 def _collate_uint8(items):
-    from modeling_hvit.batched_transforms import pad_batch
+    from modeling_hvit.data.batched_transforms import pad_batch
 
     return pad_batch(items)
 
@@ -569,7 +569,7 @@ def _loader_rate(ds, workers: int, batch: int, collate=None) -> dict:
 
 
 def pipeline_section(check: Check) -> dict:
-    from modeling_hvit.transforms import EvalTransform, TrainTransform
+    from modeling_hvit.data.transforms import EvalTransform, TrainTransform
 
     sz = check.sizes
     workers = check.args.workers or os.cpu_count() or 1
@@ -620,8 +620,8 @@ def pipeline_section(check: Check) -> dict:
 def batched_augmentation(check: Check, records: list) -> dict:
     """The batched augmentation (crop boxes on CPU, crop + resize + flip + normalise on the device) on
     a padded uint8 batch of cached images: images/s, transfer included."""
-    from modeling_hvit.batched_transforms import BatchedTrainTransform, pad_batch
-    from modeling_hvit.image_cache import decode_cached
+    from modeling_hvit.data.batched_transforms import BatchedTrainTransform, pad_batch
+    from modeling_hvit.data.cache import decode_cached
 
     sz, device = check.sizes, check.device
     n = sz["aug_batch"]

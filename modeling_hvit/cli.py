@@ -68,7 +68,7 @@ def data_main(argv: list[str]) -> int:
                    "Arrow), so training decodes small images (`hvit data cache --help`)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the action's options")
     args = p.parse_args(argv)
-    from .image_cache import main as cache
+    from .data.cache import main as cache
 
     cache(args.args)
     return 0

@@ -64,7 +64,7 @@ def model_features(model_name: str, dataset: str, data_dir: str | None = None, *
     from .data import build_dataset
     from .evaluation import embed_dataset
     from .loading import load_model
-    from .transforms import eval_transform_for, with_image_transform
+    from .data.transforms import eval_transform_for, with_image_transform
 
     model = load_model(model_name, what="--model")
     dsd = build_dataset(dataset, data_dir)

@@ -72,7 +72,7 @@ class EncodeResult:
 # -- inputs -------------------------------------------------------------------------------------------
 def list_image_files(folder: str | os.PathLike) -> list[str]:
     """Image files under ``folder`` (recursively, by suffix, hidden files left out), sorted by path."""
-    from .data_sources import IMAGE_SUFFIXES
+    from .data.sources import IMAGE_SUFFIXES
 
     root = Path(folder)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
@@ -186,7 +186,7 @@ def image_transform(model) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image → uint8 pixels through the model's saved evaluation processor: the transform
     ``eval_hvit.py`` and training-time evaluation apply to the same model (`transforms.eval_transform_for`),
     so they cannot drift apart; `transforms.pixel_values_for` normalises on the device."""
-    from .transforms import eval_transform_for
+    from .data.transforms import eval_transform_for
 
     return eval_transform_for(model)
 
@@ -220,7 +220,7 @@ def encode(model, inputs: Any, batch_size: int = 32, device: str | torch.device 
         raise UserError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if batch_size < 1:
         raise UserError(f"batch_size must be ≥ 1, got {batch_size}")
-    from .transforms import pixel_values_for
+    from .data.transforms import pixel_values_for
 
     sources, ids = _resolve(inputs, image_column)
     device, dtype = _device(device), PRECISIONS[precision]

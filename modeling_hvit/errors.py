@@ -17,10 +17,10 @@ class UserError(Exception):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception types the command line reports as user errors: `UserError`, malformed data
-    (`data_sources.DataError`), incomplete or corrupted checkpoints, Hub folder/push problems and missing
+    (`data.DataError`), incomplete or corrupted checkpoints, Hub folder/push problems and missing
     files."""
     from .checkpoint import CheckpointError
-    from .data_sources import DataError
+    from .data.sources import DataError
     from .hub import HubFolderError, HubPushError
 
     return UserError, DataError, CheckpointError, HubFolderError, HubPushError, FileNotFoundError, NotADirectoryError

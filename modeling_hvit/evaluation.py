@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics, usable_recall_ks
-from .transforms import pixel_values_for
+from .data.transforms import pixel_values_for
 
 __all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_extra", "format_table", "main",
            "recorded_data_arguments", "resolve_data_arguments", "resolve_dtype", "retrieval_metrics"]
@@ -249,7 +249,7 @@ def _load_model(args: EvalArguments):
 
 def _prepare(model, args: EvalArguments, dataset: str, ds):
     from .data import dataset_labels
-    from .transforms import eval_transform_for, with_image_transform
+    from .data.transforms import eval_transform_for, with_image_transform
 
     tf = eval_transform_for(model, args.image_size)  # the processor saved with the model, not the dataset's name
     if args.max_samples:
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from transformers import HfArgumentParser
 
     from .data import DataArguments
-    from .data_splits import describe_splits, split_summary
+    from .data.splits import describe_splits, split_summary
 
     parser = HfArgumentParser((EvalArguments, DataArguments))
     parser.set_defaults(**{f.name: _UNSET for f in fields(DataArguments)})  # tells given flags from defaults

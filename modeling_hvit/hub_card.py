@@ -20,8 +20,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .dataset_names import canonical_dataset_name
-from .data_splits import describe_splits
+from .data.names import canonical_dataset_name
+from .data.splits import describe_splits
 
 __all__ = ["TEMPLATE_PATH", "HubFolderError", "build_card", "final_metrics", "metric_label", "read_json"]
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset_names import canonical_dataset_name
+from .data.names import canonical_dataset_name
 from .retrieval import iter_knn_first_hit
 
 RECALL_KS: dict[str, tuple[int, ...]] = {

@@ -26,7 +26,7 @@ from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings
 from .metrics import DEFAULT_RECALL_KS
 from .sampling import ClassPairSampler
-from .transforms import pixel_values_for
+from .data.transforms import pixel_values_for
 
 __all__ = ["HViTTrainer", "HViTTrainingArguments", "NonFiniteStepError", "default_num_workers", "make_compute_metrics",
            "resolve_train_batch"]

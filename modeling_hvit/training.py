@@ -23,11 +23,11 @@ from transformers.utils import logging
 from .checkpoint import write_manifest
 from .configuration_hvit import HViTConfig
 from .data import DataArguments, dataset_labels
-from .data_splits import describe_splits, split_summary
+from .data.splits import describe_splits, split_summary
 from .metrics import recall_ks_for
 from .modeling_hvit import HViTModel
 from .trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
-from .transforms import transforms_for_model, with_image_transform
+from .data.transforms import transforms_for_model, with_image_transform
 
 logger = logging.get_logger(__name__)
 
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
     dataset without `--config` warns which demo-recipe values it inherits. `--help` / `--help-all`
     print `format_train_help` and exit.
     """
-    from .dataset_names import canonical_dataset_name
+    from .data.names import canonical_dataset_name
     from .errors import UserError
     from .training_help import PAPER_DEFAULTS, dataclass_defaults, format_train_help, given_dests
 

@@ -159,7 +159,7 @@ def train_two_steps(model: HViTModel, out_dir) -> list[dict]:
     """2 HViTTrainer steps on the demo data (32 px); returns the 2 training log entries."""
     from modeling_hvit.data import build_dataset, dataset_labels
     from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments
-    from modeling_hvit.transforms import TrainTransform, with_image_transform
+    from modeling_hvit.data.transforms import TrainTransform, with_image_transform
 
     dsd = build_dataset("demo", demo_kwargs={"num_shapes": 4, "num_colours": 2, "images_per_class": 4,
                                              "image_size": 32})

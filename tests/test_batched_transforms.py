@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_hvit.batched_transforms import BatchedTrainTransform, crop_resize_flip, pad_batch, sample_crops
-from modeling_hvit.transforms import TrainTransform
+from modeling_hvit.data.batched_transforms import BatchedTrainTransform, crop_resize_flip, pad_batch, sample_crops
+from modeling_hvit.data.transforms import TrainTransform
 
 
 def _photo(w: int, h: int, seed: int) -> Image.Image:
@@ -57,7 +57,7 @@ def test_normalisation_matches():
 def test_same_crops_as_per_image_draws():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     boxes, flips = sample_crops(SIZES, generator=g1)
-    from modeling_hvit.transforms import random_resized_crop_box
+    from modeling_hvit.data.transforms import random_resized_crop_box
 
     for (w, h), box, flip in zip(SIZES, boxes.tolist(), flips.tolist()):
         assert tuple(box) == random_resized_crop_box(w, h, (0.2, 1.0), (3 / 4, 4 / 3), g2)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from modeling_hvit.data import DataError, build_dataset, dataset_labels
-from modeling_hvit.transforms import TrainTransform, with_image_transform
+from modeling_hvit.data.transforms import TrainTransform, with_image_transform
 from conftest import real_data
 
 
@@ -166,7 +166,7 @@ def test_missing_corrupt_truncated_images_fail_or_are_skipped(tmp_path):
 
 
 def test_cut_jpeg_with_end_marker_is_reported(tmp_path):
-    from modeling_hvit.data_sources import check_image
+    from modeling_hvit.data.sources import check_image
 
     rng = np.random.default_rng(0)
     arr = np.clip(rng.integers(0, 60, (90, 120, 3)) + np.linspace(0, 190, 120)[None, :, None], 0, 255).astype(np.uint8)

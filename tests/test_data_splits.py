@@ -10,7 +10,7 @@ import datasets
 import pytest
 from test_data import build, cub_files, write_files
 
-from modeling_hvit.data_splits import STANDARD_SPLITS, describe_splits, split_summary
+from modeling_hvit.data.splits import STANDARD_SPLITS, describe_splits, split_summary
 
 
 def labels_only(sizes: dict[str, tuple[int, int]]) -> datasets.DatasetDict:

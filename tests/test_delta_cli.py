@@ -41,7 +41,7 @@ def test_model_on_demo_dataset(tiny_model_dir, tmp_path, capsys):
     from modeling_hvit import HViTModel
     from modeling_hvit.data import build_dataset
     from modeling_hvit.delta_cli import main
-    from modeling_hvit.transforms import EvalTransform
+    from modeling_hvit.data.transforms import EvalTransform
 
     feats_path, out_path = tmp_path / "f.npy", tmp_path / "delta.json"
     main(["--model", str(tiny_model_dir), "--dataset", "demo", "--n", "60", "--draws", "3", "--device", "cpu",

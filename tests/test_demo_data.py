@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modeling_hvit.data import build_dataset, dataset_labels
-from modeling_hvit.demo_data import SHAPES, TEXTURES, build_demo_dataset
+from modeling_hvit.data.demo import SHAPES, TEXTURES, build_demo_dataset
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from modeling_hvit.data import build_dataset
 from modeling_hvit.encoding import EncodeResult, ImageReadError
 from modeling_hvit.errors import UserError
 from modeling_hvit.evaluation import embed_dataset
-from modeling_hvit.transforms import EvalTransform, normalization_from_processor, transforms_for_model, with_image_transform
+from modeling_hvit.data.transforms import EvalTransform, normalization_from_processor, transforms_for_model, with_image_transform
 
 TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
             "intermediate_size": 37, "image_size": 32, "patch_size": 8}

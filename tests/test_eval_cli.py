@@ -64,7 +64,7 @@ def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, mon
 
     # oracle: embed the demo test split here, straight through the model, and take brute-force R@1
     from modeling_hvit.data import build_dataset
-    from modeling_hvit.transforms import EvalTransform, normalization_from_processor
+    from modeling_hvit.data.transforms import EvalTransform, normalization_from_processor
 
     model = HViTModel.from_pretrained(tiny_model).eval()
     ds = build_dataset("demo")["test"]

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from modeling_hvit.image_cache import build_cache, decode_cached, encode_cached, main, reduce_image, reduced_size
-from modeling_hvit.transforms import TrainTransform, random_resized_crop_box
+from modeling_hvit.data.cache import build_cache, decode_cached, encode_cached, main, reduce_image, reduced_size
+from modeling_hvit.data.transforms import TrainTransform, random_resized_crop_box
 
 
 def _jpeg(w: int, h: int, seed: int, quality: int = 90) -> bytes:

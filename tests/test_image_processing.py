@@ -25,10 +25,10 @@ from transformers import (
 
 import modeling_hvit  # noqa: F401  (Auto registration)
 from modeling_hvit import HViTConfig, HViTModel
-from modeling_hvit.data_sources import DataError
+from modeling_hvit.data.sources import DataError
 from modeling_hvit.image_processing_hvit import EvalPreprocessing, read_preprocessing
 from modeling_hvit.modeling_hvit import default_image_processor
-from modeling_hvit.transforms import (
+from modeling_hvit.data.transforms import (
     EvalTransform,
     TrainTransform,
     eval_transform_for,
@@ -188,7 +188,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean,std", [((0.5,) * 3, (0.5,) * 3), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 def test_device_normalisation_equals_float_path(mean, std, device):
-    from modeling_hvit.transforms import normalize_uint8
+    from modeling_hvit.data.transforms import normalize_uint8
 
     rng = np.random.default_rng(0)
     ims = [Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)) for _ in range(4)]

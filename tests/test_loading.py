@@ -168,7 +168,7 @@ def test_delta_on_a_plain_backbone_measures_its_pretrained_features(tmp_path):
     """Issue 11.4: `python -m modeling_hvit.delta --model <plain backbone>` embedded with random weights."""
     from modeling_hvit.data import build_dataset
     from modeling_hvit.delta_cli import main
-    from modeling_hvit.transforms import eval_transform_for, pixel_values_for
+    from modeling_hvit.data.transforms import eval_transform_for, pixel_values_for
 
     backbone = save_backbone(tmp_path / "bb", "vit")
     feats_path = tmp_path / "f.npy"

@@ -38,7 +38,7 @@ def write_images(folder: Path, n: int, seed: int = 0, bad: int = 0) -> list[Path
 
 def forward_embeddings(model, paths):
     """Independent path: the model's saved evaluation preprocessing and forward, one image at a time."""
-    from modeling_hvit.transforms import preprocess
+    from modeling_hvit.data.transforms import preprocess
 
     with torch.no_grad():
         return torch.cat([model(preprocess([Image.open(p).convert("RGB")], model)).embeddings for p in paths])

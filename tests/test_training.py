@@ -18,7 +18,7 @@ from modeling_hvit.data import build_dataset, dataset_labels
 from modeling_hvit.errors import UserError
 from modeling_hvit.training import DEMO_RECIPE, SCRATCH_BACKBONES, main, parse_args
 from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments, NonFiniteStepError
-from modeling_hvit.transforms import TrainTransform, with_image_transform
+from modeling_hvit.data.transforms import TrainTransform, with_image_transform
 from modeling_hvit.configuration_hvit import HViTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_query_gallery_evaluation_in_the_trainer(tmp_path):
     """With a gallery (In-Shop), the trainer scores queries against it, as eval_hvit.py does."""
     from modeling_hvit.evaluation import embed_dataset, evaluate_embeddings
     from modeling_hvit.trainer import make_compute_metrics
-    from modeling_hvit.transforms import EvalTransform
+    from modeling_hvit.data.transforms import EvalTransform
 
     trainer = _tiny_trainer(tmp_path, max_steps=1)
     model = trainer.model
@@ -373,7 +373,7 @@ def test_curvature_auto_uses_float32_features_under_bf16(tmp_path):
     from modeling_hvit.delta import estimate_delta
     from modeling_hvit.evaluation import embed_dataset
     from modeling_hvit.training import ModelArguments, _set_curvature_from_delta
-    from modeling_hvit.transforms import EvalTransform
+    from modeling_hvit.data.transforms import EvalTransform
 
     assert ModelArguments().delta_draws == 100  # the original protocol
     trainer = _tiny_trainer(tmp_path, max_steps=1, bf16=True)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from modeling_hvit.data import dataset_labels
-from modeling_hvit.transforms import (
+from modeling_hvit.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,

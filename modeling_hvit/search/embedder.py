@@ -107,7 +107,7 @@ class Embedder:
             local = Path(str(model))  # a local directory is recorded absolute (the manifest may be read elsewhere)
             model_id = model_id or (str(local.resolve()) if local.is_dir() else str(model))
             model = load_model(str(model))  # strict: a checkpoint whose weights do not load is refused
-        from ..transforms import eval_transform_for, model_preprocessing, pixel_values_for
+        from ..data.transforms import eval_transform_for, model_preprocessing, pixel_values_for
 
         transform = eval_transform_for(model)  # the evaluation preprocessing saved with the model (uint8 out)
         prep = model_preprocessing(model)

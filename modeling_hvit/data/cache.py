@@ -16,7 +16,7 @@ The cache directory is named by a fingerprint of the source split (its ``dataset
 its Arrow files' sizes and modification times, or the table's content when in memory) and of the
 settings: a changed source or setting builds a new cache, an unchanged one is reused.
 
-    python -m modeling_hvit.image_cache --dataset caltech101 --data_dir ../shared/data/caltech101 \
+    python -m modeling_hvit.data.cache --dataset caltech101 --data_dir ../shared/data/caltech101 \
         --out_dir ~/.cache/hvit/images [--min_side 256] [--format jpeg|raw] [--num_proc 8]
 """
 
@@ -159,7 +159,7 @@ def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, f
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """`hvit data cache`: build (or find) the cache of every split of a dataset; prints one line per split."""
-    from .data import build_dataset
+    from .builders import build_dataset
 
     p = argparse.ArgumentParser(prog="hvit data cache", description=main.__doc__)
     p.add_argument("--dataset", required=True, help="a dataset name as for training (cub, sop, caltech101, demo, …)")

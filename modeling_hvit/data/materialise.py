@@ -1,7 +1,7 @@
 # Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
 """Turn a list of annotated image records into a checked ``datasets.DatasetDict``.
 
-Every builder in :mod:`data` produces :class:`Record` lists per split; :func:`materialise` checks
+Every builder in :mod:`builders` produces :class:`Record` lists per split; :func:`materialise` checks
 them all before anything is written (duplicates, missing files, unreadable or truncated images) and
 raises one :class:`DataError` naming the annotation file and line, or, with ``skip_bad_images``,
 drops the bad rows and warns with the count. Folders become a dataset of paths; archive members
@@ -20,7 +20,7 @@ import datasets
 from datasets import ClassLabel, Features, Value
 from datasets import Image as HFImage
 
-from .data_sources import (
+from .sources import (
     DataError,
     Entry,
     FileTree,

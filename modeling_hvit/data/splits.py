@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dataset_names import canonical_dataset_name
+from .names import canonical_dataset_name
 
 # (classes, images) per split of the standard class-disjoint splits (SPEC §6).
 STANDARD_SPLITS: dict[str, dict[str, tuple[int, int]]] = {

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data_sources import DataError
-from .dataset_names import canonical_dataset_name
-from .image_processing_hvit import EvalPreprocessing, read_preprocessing
+from .sources import DataError
+from .names import canonical_dataset_name
+from ..image_processing_hvit import EvalPreprocessing, read_preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -20,11 +20,10 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import datasets
 
-from .data_build import (
+from .materialise import (
     Layout,
     Record,
     check_disjoint,
@@ -34,16 +33,16 @@ from .data_build import (
     read_table,
     split_classes,
 )
-from .data_sources import (
+from .sources import (
     IMAGE_SUFFIXES,
     DataError,
     FileTree,
     check_image,
     close_archives,
 )
-from .dataset_names import canonical_dataset_name
+from .names import canonical_dataset_name
 
-__all__ = ["DATASETS", "DataArguments", "DataError", "build_dataset", "dataset_labels"]
+__all__ = ["DATASETS", "DataError", "build_dataset"]
 
 
 def build_cub(tree: FileTree, train_fraction: float = 0.5) -> Layout:
@@ -346,7 +345,7 @@ def build_dataset(name: str, data_dir: str | None = None, *, verify_images: bool
                          train_fraction=train_fraction, verify_images=verify_images,
                          skip_bad_images=skip_bad_images, cache_dir=cache_dir)
     if key == "demo":
-        from .demo_data import build_demo_dataset
+        from .demo import build_demo_dataset
         return build_demo_dataset(**(demo_kwargs or {}))
     key = canonical_dataset_name(key)
     if key not in DATASETS:
@@ -365,32 +364,3 @@ def build_dataset(name: str, data_dir: str | None = None, *, verify_images: bool
         return materialise(layout, verify_images=verify_images, skip_bad_images=skip_bad_images, cache_dir=cache_dir)
     finally:
         close_archives()
-
-
-@dataclass
-class DataArguments:
-    """Which dataset and how to build it: the flags `train_hvit.py`, `eval_hvit.py` and the δ tool share."""
-
-    dataset: str = field(default="demo", metadata={"help": "cub, cars, sop, inshop, omniglot, caltech101, folder, "
-                         "demo or hub:<org/name>."})
-    data_dir: str | None = field(default=None, metadata={"help": "Extracted folder or official archive."})
-    verify_images: bool = field(default=True, metadata={"help": "Open every image once while building."})
-    skip_bad_images: bool = field(default=False, metadata={"help": "Skip unreadable images (counted) instead of failing."})
-    train_fraction: float = field(default=0.5, metadata={"help": "Class fraction for train (class-order splits)."})
-    split_rule: str = field(default="half", metadata={"help": "Class-disjoint split rule for folder/hub datasets."})
-    image_column: str = field(default="image", metadata={"help": "Hub datasets: image column."})
-    label_column: str = field(default="label", metadata={"help": "Hub datasets: label column."})
-    hierarchy_column: str | None = field(default=None, metadata={"help": "Hierarchy column (hub datasets; plots)."})
-    hub_config: str | None = field(default=None, metadata={"help": "Hub datasets: config name."})
-
-    def build(self) -> datasets.DatasetDict:
-        return build_dataset(self.dataset, self.data_dir, verify_images=self.verify_images,
-                             skip_bad_images=self.skip_bad_images, split_rule=self.split_rule,
-                             train_fraction=self.train_fraction, image_column=self.image_column,
-                             label_column=self.label_column, hierarchy_column=self.hierarchy_column,
-                             hub_config=self.hub_config)
-
-
-def dataset_labels(ds: datasets.Dataset, column: str = "label") -> list[int]:
-    """Labels of a split as a plain list, readable even after ``with_transform`` (HF_NOTES §3.1)."""
-    return list(ds.with_format(None)[column])

@@ -10,7 +10,7 @@ first and rounded to uint8 in between. The result equals PIL's to one grey level
 (which picks the order of its two passes itself) clips a bicubic overshoot at a hard edge differently:
 there, rare pixels differ more (mean difference ≈ 0.1 grey level, < 2 % of pixels by more than 2).
 
-Workers then only decode (small cached images, see `image_cache`) and the device does the rest:
+Workers then only decode (small cached images, see `cache`) and the device does the rest:
 
     images, sizes = pad_batch([np.asarray(im) for im in pil_images])     # uint8 (N, 3, H, W), (N, 2) = (w, h)
     pixel_values = BatchedTrainTransform(224, seed=0)(images.cuda(), sizes)  # float (N, 3, 224, 224)
