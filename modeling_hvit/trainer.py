@@ -221,6 +221,7 @@ class HViTTrainer(Trainer):
         self.add_callback(CheckpointCallback())  # checksums.sha256 in every checkpoint
         self._train_dataloader = None
         self._step_loss_finite: torch.Tensor | None = None
+        self._step_grad_norm: torch.Tensor | float | None = None
         self.nonfinite_steps_skipped = 0
         self._float32_forward = False
         self.add_callback(_NonFiniteGuard(self))
@@ -335,15 +336,24 @@ class HViTTrainer(Trainer):
                 logs["nonfinite_steps_skipped"] = self.nonfinite_steps_skipped
         super().log(logs, *args, **kwargs)
 
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's pre-clip gradient norm of this step, kept for `_check_finite_step` (no second pass)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._step_grad_norm = grad_norm
+        return grad_norm
+
     def _check_finite_step(self, model) -> None:
         """Before the optimiser step: stop (or skip the update) if this step's loss or gradient norm is
         not finite. Loss and (DDP-averaged) gradients are equal on every rank, so all ranks agree."""
         loss_ok = True if self._step_loss_finite is None else bool(self._step_loss_finite)
         self._step_loss_finite = None
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
         # With fp16's loss scaling, inf gradients are routine (the scaler skips the step and lowers the scale).
-        check_grads = loss_ok and grads and self.accelerator.scaler is None
-        grad_norm = torch.nn.utils.get_total_norm(grads) if check_grads else None
+        check_grads = loss_ok and self.accelerator.scaler is None
+        grad_norm, self._step_grad_norm = self._step_grad_norm, None  # the norm the Trainer just computed
+        if check_grads and not torch.is_tensor(grad_norm):  # a float (DeepSpeed) or none: compute it here
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        grad_norm = grad_norm if check_grads else None
         if loss_ok and (grad_norm is None or torch.isfinite(grad_norm)):
             return
         step = self.state.global_step + 1
