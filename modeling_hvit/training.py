@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               f"    import modeling_hvit; from transformers import AutoModel\n"
               f"    model = AutoModel.from_pretrained({str(targs.output_dir)!r})\n"
               f"or, without hvit installed: AutoModel.from_pretrained(..., trust_remote_code=True)")
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # finish the trackers and destroy the process group: a clean exit
     return results["trained"]
 
 

@@ -98,6 +98,7 @@ def main(out_dir: Path) -> None:
 
     torch.save(results, out_dir / f"rank{rank}.pt")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroy the process group before exiting
 
 
 if __name__ == "__main__":
