@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         summary = {**results["trained"], "untrained": results["untrained"], "wall_seconds": time.perf_counter() - start,
                    "dataset": dargs.dataset, "splits": splits,
                    "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
-                   "world_size": trainer.args.world_size, "global_step": trainer.state.global_step}
+                   "world_size": trainer.args.world_size, "global_step": trainer.state.global_step,
+                   "log_history": trainer.state.log_history}  # the loss and evaluation curves
         summary.update({k: v for h in trainer.state.log_history for k, v in h.items() if k == "partial_resume"})
         Path(targs.output_dir, "metrics.json").write_text(json.dumps(summary, indent=2))
         Path(targs.output_dir, "train_args.json").write_text(json.dumps(
