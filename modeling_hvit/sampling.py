@@ -13,6 +13,11 @@ step) are dropped, a different set each epoch. With ``drop_last=False`` the last
 completed with classes already used this epoch instead, so every class appears at least once.
 For each class, m of its samples are drawn without replacement; a class with k < m samples gives
 all k once plus m − k drawn with replacement (the only case of replacement).
+
+A *loader* epoch may span several such passes (``passes_per_epoch`` = k): loader epoch e is passes
+e·k … e·k + k − 1, each seeded as above, so the index stream does not depend on k. With few classes per
+batch (CUB: one pass = one step of 900 images) a one-pass epoch would hand one batch to one DataLoader
+worker and then drain the pipeline; k passes keep every worker decoding (`passes_for_workers`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ClassPairSampler"]
+__all__ = ["ClassPairSampler", "passes_for_workers"]
 
 
 class ClassPairSampler(Sampler[int]):
@@ -40,17 +45,19 @@ class ClassPairSampler(Sampler[int]):
         seed: base seed; epoch e uses ``numpy.random.default_rng([seed, e])``.
         drop_last: drop the last incomplete global step (default, SPEC §4) or complete it with
             classes already seen this epoch.
+        passes_per_epoch: class passes per loader epoch (``set_epoch``); the stream is the same for any value.
 
-    ``len(sampler)`` is the exact number of indices per epoch (all ranks together);
-    ``steps_per_epoch`` is the number of optimiser steps (= batches per rank). Call
+    ``len(sampler)`` is the exact number of indices per loader epoch (all ranks together);
+    ``steps_per_epoch`` is the number of optimiser steps (= batches per rank) in it. Call
     ``set_epoch(e)`` before iterating (the Trainer does).
     """
 
     def __init__(self, labels: Sequence[int] | np.ndarray | torch.Tensor, samples_per_class: int,
-                 batch_size: int, world_size: int = 1, seed: int = 0, drop_last: bool = True):
+                 batch_size: int, world_size: int = 1, seed: int = 0, drop_last: bool = True,
+                 passes_per_epoch: int = 1):
         labels = _as_label_array(labels)
         for name, value, low in (("samples_per_class", samples_per_class, 2), ("batch_size", batch_size, 1),
-                                 ("world_size", world_size, 1)):
+                                 ("world_size", world_size, 1), ("passes_per_epoch", passes_per_epoch, 1)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise ValueError(f"ClassPairSampler: {name} must be an integer ≥ {low}, got {value!r}")
         if (batch_size * world_size) % samples_per_class:
@@ -64,6 +71,7 @@ class ClassPairSampler(Sampler[int]):
         self.world_size = int(world_size)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
+        self.passes_per_epoch = int(passes_per_epoch)
         self.epoch = 0
         self.classes, inverse = np.unique(labels, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
@@ -86,10 +94,15 @@ class ClassPairSampler(Sampler[int]):
         return len(self.classes)
 
     @property
-    def steps_per_epoch(self) -> int:
-        """Global steps (= batches each rank sees) per epoch."""
+    def steps_per_pass(self) -> int:
+        """Global steps in one pass over the classes."""
         full, rest = divmod(self.num_classes, self.classes_per_step)
         return full + int(rest > 0 and not self.drop_last)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global steps (= batches each rank sees) per loader epoch."""
+        return self.steps_per_pass * self.passes_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -116,11 +129,23 @@ class ClassPairSampler(Sampler[int]):
         extra = rng.integers(0, len(members), size=m - len(members))
         return members[rng.permutation(np.concatenate([np.arange(len(members)), extra]))]
 
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _pass(self, index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, index])
         order = self._class_order(rng)
-        stream = np.concatenate([self._draw(self._members[k], rng) for k in order]) if len(order) else []
-        return iter(int(i) for i in stream)
+        return np.concatenate([self._draw(self._members[k], rng) for k in order]) if len(order) else np.zeros(0, int)
+
+    def __iter__(self) -> Iterator[int]:
+        first = self.epoch * self.passes_per_epoch
+        return (int(i) for p in range(first, first + self.passes_per_epoch) for i in self._pass(p))
+
+
+def passes_for_workers(steps_per_pass: int, num_workers: int, prefetch_factor: int | None = None) -> int:
+    """Class passes per loader epoch so that an epoch holds at least 2 × workers × prefetch batches (every
+    worker busy, the pipeline not drained at each epoch boundary); 1 without workers."""
+    if num_workers <= 0:
+        return 1
+    wanted = 2 * num_workers * (prefetch_factor or 2)
+    return max(1, -(-wanted // max(1, steps_per_pass)))
 
 
 def _as_label_array(labels: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:

@@ -25,7 +25,7 @@ from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings
 from .metrics import DEFAULT_RECALL_KS
-from .sampling import ClassPairSampler
+from .sampling import ClassPairSampler, passes_for_workers
 from .data.transforms import pixel_values_for
 
 __all__ = ["HViTTrainer", "HViTTrainingArguments", "NonFiniteStepError", "default_num_workers", "make_compute_metrics",
@@ -65,6 +65,8 @@ class HViTTrainingArguments(TrainingArguments):
     save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch' checkpoints."})
     dataloader_num_workers: int | None = field(default=None, metadata={
         "help": "Decoding workers per process; default min(8, CPUs / processes on this node)."})
+    dataloader_persistent_workers: bool | None = field(default=None, metadata={
+        "help": "Keep the DataLoader workers alive across epochs (not re-forked each epoch); default: on with workers."})
     on_nonfinite: str = field(default="error", metadata={"help": (
         "A step whose loss or gradient norm is NaN/inf: 'error' stops the run naming the step (before the update); "
         "'skip' drops that update, warns and counts it (nonfinite_steps_skipped in the logs).")})
@@ -88,6 +90,11 @@ class HViTTrainingArguments(TrainingArguments):
             raise ValueError(f"--on_nonfinite {self.on_nonfinite!r}: expected 'error' or 'skip'")
         if self.dataloader_num_workers is None:
             self.dataloader_num_workers = default_num_workers()
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        elif self.dataloader_persistent_workers and self.dataloader_num_workers == 0:
+            raise ValueError("--dataloader_persistent_workers needs --dataloader_num_workers > 0 (it keeps worker "
+                             "processes alive between epochs)")
         if self.per_device_train_batch_size is None and self.global_batch_size is None:
             raise ValueError("set --global_batch_size (images per step over all processes) or "
                              "--per_device_train_batch_size")
@@ -189,7 +196,8 @@ class HViTTrainer(Trainer):
     - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs;
     - a NaN/inf loss or gradient norm stops the run at that step (or skips the update,
       ``on_nonfinite="skip"``);
-    - an "epoch" is one pass of the sampler over the classes; the logs count ``images_seen`` and
+    - an "epoch" is one pass of the sampler over the classes (several with DataLoader workers, so that every
+      worker decodes: `passes_for_workers`; the workers persist across epochs); the logs count ``images_seen`` and
       ``train_samples_per_second`` is images (all processes) per second.
 
     With a train dataset the model is prepared for training (DDP-wrapped under `accelerate launch`)
@@ -215,6 +223,9 @@ class HViTTrainer(Trainer):
             self._train_sampler = ClassPairSampler(
                 self.train_labels, getattr(self.args, "samples_per_class", 2), self.args.per_device_train_batch_size,
                 world_size=self.args.world_size, seed=self.args.seed)
+            # Enough batches per loader epoch for every worker (same stream whatever the number of passes).
+            self._train_sampler.passes_per_epoch = passes_for_workers(
+                self._train_sampler.steps_per_pass, self.args.dataloader_num_workers, self.args.dataloader_prefetch_factor)
         self._loss_stats: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._curvature = (CurvatureMonitor(getattr(self.args, "curvature_bound_patience", 5))
                            if model_config.learn_curvature else None)
