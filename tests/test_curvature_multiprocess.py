@@ -4,7 +4,7 @@
 tests/scripts/train_curvature_record.py (per-rank parameters after training, deterministic transforms):
 
 - both ranks end with the same c (and the same parameters, bit for bit), c moved from its initial value,
-  and it equals one process trained on the same global batches within 1e-6;
+  and it equals one process trained on the same global batches within 1e-6 (Poincaré and Lorentz heads);
 - the negative control hides log c from DDP (its gradient is then not averaged: each rank learns its own c),
   and the same checks must catch it;
 - a 2-process resume from the step-2 checkpoint loads exactly the saved log c and ends bit-identical to the
@@ -95,6 +95,14 @@ def test_one_learnt_c_across_two_processes_equal_to_one_process(runs):
     # the saved model carries the learnt c (rank 0 writes it)
     assert json.loads((root / "two" / "model" / "config.json").read_text())["curvature"] == pytest.approx(_c(two[0]),
                                                                                                           rel=1e-6)
+
+
+@pytest.mark.slow
+def test_one_learnt_c_across_two_processes_lorentz_head(tmp_path):
+    """The same on the hyperboloid (its c enters the loss through the Lorentz distance only)."""
+    two, one = _run(tmp_path / "two", 2, "--geometry", "lorentz"), _run(tmp_path / "one", 1, "--geometry", "lorentz")[0]
+    assert abs(math.log(_c(one) / C0)) > 1e-3
+    _one_c_across_ranks(two, one)
 
 
 @pytest.mark.slow
