@@ -53,9 +53,9 @@ def pairwise_similarity(x: torch.Tensor, y: torch.Tensor | None = None, geometry
     check_geometry(geometry)
     if geometry == "poincare" and torch.is_tensor(curvature) and curvature.requires_grad:
         # a learnt c: hyperbolic.pairwise_distance's hand-written backward treats c as a constant, so go through
-        # the isometric hyperboloid, whose distance is plain autograd (differentiable in c too)
-        return -lorentz_pairwise_distance(ball_to_hyperboloid(x, curvature), ball_to_hyperboloid(y, curvature),
-                                          curvature, exact=exact)
+        # the isometric hyperboloid, whose distance's backward is differentiable in c too
+        xs = ball_to_hyperboloid(x, curvature)
+        return -lorentz_pairwise_distance(xs, xs if y is x else ball_to_hyperboloid(y, curvature), curvature, exact=exact)
     if geometry == "poincare":
         return -pairwise_distance(x, y, curvature, exact=exact)
     if geometry == "lorentz":

@@ -218,3 +218,73 @@ def test_lorentz_card_code_and_disk_plot_coordinates():
     p2 = ball_points(10, d=2, seed=10)  # 2-d points are drawn directly: the ball point scaled onto the unit disk
     np.testing.assert_allclose(disk_coordinates(L.ball_to_hyperboloid(p2, C).numpy(), "lorentz", C),
                                p2.numpy() * C**0.5, rtol=1e-9, atol=1e-12)
+
+
+# -- the hand-written backward of pairwise_distance --------------------------------------------------------------
+
+def textbook_pairwise(x_s, y_s, c, same=False):
+    """(1/√c)·arcosh(−c⟨x, y⟩_L) with x₀ = √(1/c + ‖x_s‖²), plain autograd (the diagonal of x vs x held at 0)."""
+    x0, y0 = (1 / c + x_s.pow(2).sum(-1)).sqrt(), (1 / c + y_s.pow(2).sum(-1)).sqrt()
+    z = c * (x0[:, None] * y0 - x_s @ y_s.T)
+    if same:
+        eye = torch.eye(len(x_s), dtype=torch.bool)
+        return torch.where(eye, 0, torch.acosh(torch.where(eye, 2, z))) / c**0.5
+    return torch.acosh(z) / c**0.5
+
+
+def _separated_points(n, d=5, seed=11, near=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    x = L.expmap0(v * 4.6 * torch.rand(n, 1, generator=g, dtype=torch.float64), C)  # up to the clip radius's reach
+    if near:
+        x[:near] = x[near: 2 * near] + 1e-2 * torch.randn(near, d, generator=g, dtype=torch.float64)
+    return x
+
+
+@pytest.mark.parametrize("same", [False, True], ids=["x_vs_y", "x_vs_x"])
+def test_pairwise_backward_equals_autograd_of_the_textbook_formula_float64(same):
+    x = _separated_points(14, near=3)
+    y = x if same else _separated_points(9, seed=12)
+    w = torch.randn(len(x), len(y), dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+    grads = []
+    for fn in (lambda a, b, c: L.pairwise_distance(a, a if same else b, c),
+               lambda a, b, c: textbook_pairwise(a, a if same else b, c, same)):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        c = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        (fn(a, b, c) * w).sum().backward()
+        grads.append((a.grad, None if same else b.grad, c.grad))
+    for got, want in zip(*grads):
+        if want is not None:
+            assert want.abs().max() > 1e-2
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    # and against finite differences, in x, y and c; a Python c gives the same x, y gradients
+    c = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+    if same:
+        assert torch.autograd.gradcheck(lambda a, c: L.pairwise_distance(a, a, c), (a, c))
+    else:
+        assert torch.autograd.gradcheck(lambda a, b, c: L.pairwise_distance(a, b, c), (a, b, c))
+    (L.pairwise_distance(a, a if same else b, 0.3) * w).sum().backward()
+    torch.testing.assert_close(a.grad, grads[0][0], rtol=1e-12, atol=1e-14)
+
+
+def test_pairwise_float32_gradients_match_the_float64_oracle_at_near_pairs():
+    """float32 points, pairs from 1e-4 apart to the far end: the hand-written backward accumulates the cancelling
+    terms in float64, so each point's gradient is within float32 rounding of the float64 textbook one."""
+    n = 240
+    x = _separated_points(n, d=64, seed=14)
+    y = _separated_points(n, d=64, seed=15)
+    scale = 10 ** torch.linspace(-4, -1, n // 3, dtype=torch.float64)[:, None]
+    g = torch.Generator().manual_seed(16)
+    y[: n // 3] = x[: n // 3] + scale * torch.randn(n // 3, 64, dtype=torch.float64, generator=g) / 8
+    x32, y32 = x.float(), y.float()
+    w = torch.randn(n, n, dtype=torch.float64, generator=g)
+    a, b = x32.double().requires_grad_(), y32.double().requires_grad_()
+    cref = torch.tensor(C, dtype=torch.float64, requires_grad=True)
+    (textbook_pairwise(a, b, cref) * w).sum().backward()
+    a32, b32 = x32.clone().requires_grad_(), y32.clone().requires_grad_()
+    c32 = torch.tensor(C, requires_grad=True)
+    (L.pairwise_distance(a32, b32, c32) * w.float()).sum().backward()
+    for got, want in ((a32.grad, a.grad), (b32.grad, b.grad)):
+        assert float(((got.double() - want).norm(dim=-1) / want.norm(dim=-1)).max()) <= 2e-6
+    assert float(c32.grad) == pytest.approx(float(cref.grad), rel=1e-5)
