@@ -1,5 +1,5 @@
 """The app in a real headless browser: the Space's ``app.py`` serves an index in its own process
-(as on a Space), Chromium from the system package manager (``.ci/run`` installs it) opens
+(as on a Space, the pictures in ``HVIT_IMAGES``, not at their recorded paths), Chromium from the system package manager (``.ci/run`` installs it) opens
 ``/?query=ID&k=K``; the rendered DOM must hold the result gallery (K thumbnails captioned with the
 Python API's distances) and the table of exact distances, and the screenshot must show the thumbnails."""
 
@@ -117,9 +117,13 @@ def test_browser_shows_the_result_gallery(tmp_path):
     index = HViTIndex.load(index_dir, embedder=Embedder.from_model(str(model_dir)))
     row = 2
     expected = index.search(index.embeddings[row], K)[0]  # the page searches with the stored embedding
+    images = tmp_path / "space" / "images"  # as on a Space: the pictures moved away from the recorded paths
+    images.parent.mkdir()
+    (tmp_path / "imgs").rename(images)
 
     port, log = free_port(), tmp_path / "app.log"
-    env = dict(os.environ, HVIT_INDEX=str(index_dir), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+    env = dict(os.environ, HVIT_INDEX=str(index_dir), HVIT_IMAGES=str(images),
+               GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("HVIT_MODEL", None)
     with open(log, "w") as fh:
