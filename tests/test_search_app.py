@@ -137,6 +137,19 @@ def test_space_app_py_imports_and_serves(served, monkeypatch):
         demo.close()
 
 
+def test_a_model_folder_that_is_not_here_is_named(served, tmp_path):
+    import json
+    import shutil
+
+    index_dir = shutil.copytree(served[4] / "ix", tmp_path / "ix")
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["model_id"] = str(tmp_path / "gone" / "model")  # built on another machine
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match=r"gone/model, which is not here: give the model"):
+        build_demo(index_dir)
+    build_demo(index_dir, str(served[4] / "model"))  # given: it opens
+
+
 def test_space_app_py_names_a_missing_index(tmp_path, monkeypatch):
     monkeypatch.setenv("HVIT_INDEX", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="nope is not a folder: not an hvit index"):

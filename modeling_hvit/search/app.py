@@ -72,6 +72,9 @@ def build_demo(index_dir: str | os.PathLike, model: Any = None, *, embedder: Emb
         model = model or Manifest.read(index_dir).get("model_id")
         if not model:
             raise ValueError(f"{index_dir}: the manifest records no model id; pass model=")
+        if os.path.isabs(str(model)) and not os.path.exists(model):
+            raise FileNotFoundError(f"{index_dir} was built with the model folder {model}, which is not here: "
+                                    "give the model (`hvit app INDEX MODEL`, HVIT_MODEL on a Space)")
         embedder = Embedder.from_model(model)
     index = HViTIndex.load(index_dir, embedder=embedder)
     n = len(index)
