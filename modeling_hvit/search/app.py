@@ -143,7 +143,7 @@ def build_demo(index_dir: str | os.PathLike, model: Any = None, *, embedder: Emb
                 with gr.Column():
                     k = gr.Slider(1, k_max, value=min(10, k_max), step=1, label="neighbours")
                     run = gr.Button("Search", variant="primary")
-            results = gr.Gallery(label="neighbours (distance)", columns=5, elem_id="hvit-results")
+            results = gr.Gallery(label="neighbours (distance)", columns=5, height="auto", elem_id="hvit-results")
             hits = gr.Dataframe(headers=HIT_COLUMNS, datatype=["number", "number", "str", "str", "str"],
                                 label="neighbours", interactive=False, elem_id="hvit-hits")
             picked = gr.Gallery([tile(r, index.ids[r]) for r in pick_rows], label="pick an indexed image",
