@@ -115,8 +115,8 @@ def test_search_rejects_a_missing_image_and_out_of_range_k(served):
     client = served[0]
     with pytest.raises(Exception, match="Upload or pick an image"):
         client.predict(None, 3, api_name="/search")
-    with pytest.raises(Exception):
-        client.predict(gradio_client.handle_file(str(served[3][0])), 99, api_name="/search")  # beyond the slider
+    with pytest.raises(Exception, match="greater than maximum value 12"):  # k beyond the slider (the index size)
+        client.predict(gradio_client.handle_file(str(served[3][0])), 99, api_name="/search")
 
 
 def test_space_app_py_imports_and_serves(served, monkeypatch):
