@@ -269,8 +269,6 @@ def test_the_saved_learnt_c_is_what_reload_retrieval_and_the_card_use(learnt_run
                                    torch.full((len(emb),), 1 / learnt, dtype=torch.float64))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="search.embedder.model_fingerprint cannot hash the 0-d "
-                   "log_curvature (t.view(torch.uint8) of a 0-d tensor); fix: t.reshape(-1).view(torch.uint8)")
 def test_the_search_embedder_uses_the_learnt_c(learnt_run):
     """`hvit index` / `semantic_search` on a model with a learnt c: the embedder's curvature and the distances it
     ranks by are the learnt c's."""

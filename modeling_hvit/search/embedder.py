@@ -48,7 +48,7 @@ def model_fingerprint(model: torch.nn.Module, processor: dict) -> dict[str, str]
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too (a learnt log c)
     config = json.dumps(_config_dict(model.config), sort_keys=True, default=str).encode()
     return {"weights": h.hexdigest(), "config": _sha(config),
             "processor": _sha(json.dumps(processor, sort_keys=True, default=str).encode())}
