@@ -382,8 +382,10 @@ def _plot(args: EvalArguments, dargs, split: tuple, geometry: str, curvature: fl
     if len(idx) > args.plot_max_points:
         idx = np.sort(np.random.default_rng(args.seed).choice(len(idx), args.plot_max_points, replace=False))
     path = out_dir / "poincare_disk.png"
+    feature = raw.features.get(column) if column else None
     plot_poincare_disk(emb[idx], lab.numpy()[idx], geometry, curvature,
                        hierarchy=None if hierarchy is None else hierarchy[idx], hierarchy_name=column or "hierarchy",
+                       hierarchy_names=getattr(feature, "names", None),
                        path=path, seed=args.seed,
                        title=f"{Path(args.model.rstrip('/')).name} · {dargs.dataset}")
     return path
