@@ -150,3 +150,51 @@ def test_hierarchy_metrics_match_a_brute_force_loop():
     assert got["coarse_recall@5"] == pytest.approx(np.mean(rec5), abs=1e-12)
     assert got["coarse_map@r"] == pytest.approx(np.mean(aps), abs=1e-12)
     assert 0 < wrong < 48 and got["mistake_severity@1"] == pytest.approx(mild / wrong, abs=1e-12)
+
+
+# ---------------------------------------------------------------- real Omniglot (slow)
+@pytest.mark.slow
+def test_fewshot_on_real_omniglot(tmp_path, monkeypatch):
+    """`hvit eval --fewshot` with 20 episodes per setting on the Omniglot evaluation alphabets, with a tiny
+    random-init model: accuracies in [0, 1] and above chance (random features of the pixels), sensible
+    95% CIs, and within-alphabet episodes whose N characters all come from one alphabet."""
+    from conftest import real_data
+    from modeling_hvit import HViTConfig, HViTModel
+    from modeling_hvit.data import build_dataset, dataset_labels
+    from modeling_hvit.evaluation import main
+
+    data = real_data("omniglot")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    torch.manual_seed(0)
+    model_dir = tmp_path / "tiny"
+    HViTModel(HViTConfig(backbone_config={"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2,
+                                          "num_attention_heads": 4, "intermediate_size": 64, "image_size": 28,
+                                          "patch_size": 7}, embedding_dim=16)).save_pretrained(model_dir)
+    got = main(["--model", str(model_dir), "--dataset", "omniglot", "--data_dir", str(data), "--output_dir",
+                str(tmp_path / "eval"), "--fewshot", "--fewshot_episodes", "20", "--batch_size", "512",
+                "--recall_ks", "1", "--progress", "false", "--device", "cpu"])
+    assert got["num_queries"] == 13180 and got["hierarchy_column"] == "alphabet" and got["fewshot_episodes"] == 20
+    for n_way in (5, 20):
+        for k_shot in (1, 5):
+            for suffix in ("", "_within"):
+                key = f"fewshot_{n_way}way_{k_shot}shot{suffix}"
+                acc, ci = got[key], got[f"{key}_ci95"]
+                assert 1 / n_way < acc <= 1, key  # above chance
+                # 20 episodes of N·15 queries: 1.96·std/√20 with 0 < std ≤ 0.5
+                assert 0 < ci < 1.96 * 0.5 / math.sqrt(20) and acc - ci > 0, key
+
+    # the within-alphabet episodes, as fewshot_accuracy draws them (same seed): one alphabet each
+    test = build_dataset("omniglot", data_dir=str(data))["test"]
+    labels, alphabets = np.asarray(dataset_labels(test)), np.asarray(dataset_labels(test, "alphabet"))
+    char_names, alpha_names = test.features["label"].names, test.features["alphabet"].names
+    support, query = sample_episodes(labels, 20, 1, 15, 20, 0, alphabets)
+    for s, q in zip(support, query):
+        items = np.concatenate([s, q], axis=1)  # (N, K + Q): row n is one character
+        chars = labels[items]
+        assert (chars == chars[:, :1]).all() and len(set(chars[:, 0])) == 20  # 20 distinct characters
+        (alphabet,) = set(alphabets[items.ravel()])  # all from one alphabet
+        # independently of the alphabet column: the character's folder lies in that alphabet's folder
+        assert {char_names[c].split("/")[0] for c in chars[:, 0]} == {alpha_names[alphabet]}
+    # and the unconstrained 20-way episodes do mix alphabets
+    free, _ = sample_episodes(labels, 20, 1, 15, 20, 0)
+    assert all(len(set(alphabets[e.ravel()])) > 1 for e in free)
