@@ -15,7 +15,8 @@ neighbour (self excluded) has its class. The radius (``embedding_radius``): Poin
 the hyperbolic distance to the origin at the head's curvature; sphere and Euclidean, the norm of the
 head's linear output before normalisation (every sphere embedding has norm 1), so Hyp- and Sph-
 models can be compared. A positive value: images far from the origin are retrieved correctly more
-often (the paper: the origin holds the ambiguous images).
+often (the paper: the origin holds the ambiguous images). Features clipped to norm r all sit at
+radius 2r (4.6 with the default r = 2.3), so heavy clipping flattens the hyperbolic radius.
 """
 
 from __future__ import annotations
