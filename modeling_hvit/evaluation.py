@@ -325,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in names:
         if name not in dsd:
             raise KeyError(f"dataset {dargs.dataset!r} has no split {name!r} (splits: {list(dsd)})")
+    hierarchy_column_of(dsd[names[0]], dargs.hierarchy_column)  # a bad --hierarchy_column stops before embedding
     embedded = {}
     for name in names:
         raw, ds, labels = _prepare(model, args, dargs.dataset, dsd[name])

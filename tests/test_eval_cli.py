@@ -140,6 +140,17 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert err.strip() == "hvit eval: error: --precision 'fp8': expected one of fp32, fp16, bf16"
 
 
+def test_unknown_hierarchy_column_is_a_one_line_error(tiny_model, tmp_path, monkeypatch, capsys):
+    from modeling_hvit.cli import run
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert run("eval", ["--model", str(tiny_model), "--dataset", "demo", "--hierarchy_column", "genus",
+                        "--output_dir", str(tmp_path / "o"), "--progress", "false", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("hvit eval: error: --hierarchy_column 'genus' is not a column of the dataset "
+                   "(columns: image, label, superclass)")
+
+
 def test_python_m_evaluation_runs_the_eval_command(tmp_path, capsys, monkeypatch):
     """`python -m modeling_hvit.evaluation ...` is `hvit eval ...` (it used to do nothing, silently)."""
     import runpy
