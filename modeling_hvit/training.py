@@ -147,7 +147,8 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
     """Before/after metrics in %; hierarchy metrics after the flat ones; correlations as plain numbers."""
     def order(k: str) -> tuple:
         group = 0 if k.startswith("recall@") else 2 if k.startswith(("coarse_", "mistake_", "radius_")) else 1
-        return group, int(k.rsplit("@", 1)[1]) if k.startswith(("recall@", "coarse_recall@")) else 0, k
+        recall = k.startswith(("recall@", "coarse_recall@"))
+        return group, not recall, int(k.rsplit("@", 1)[1]) if recall else 0, k
 
     keys = sorted({k for r in rows.values() for k in r if not k.startswith(("encoder_", "eval_loss"))}, key=order)
     print(f"\n{'metric':<28}" + "".join(f"{name:>14}" for name in rows))
