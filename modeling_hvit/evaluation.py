@@ -392,8 +392,6 @@ def _plot(args: EvalArguments, dargs, split: tuple, geometry: str, curvature: fl
     return path
 
 
-
-
 if __name__ == "__main__":  # `python -m modeling_hvit.evaluation ...` = `hvit eval ...`
     from .cli import command_main
 

@@ -168,8 +168,9 @@ def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], 
     ``hierarchy=(labels, groups)``: the eval split's class and super-class of each item, in eval-dataset
     order, adds ``coarse_recall@K``, ``coarse_map@r`` and ``mistake_severity@1`` (self-retrieval). The
     predictions come in that order, with one process or several (accelerate's ``gather_for_metrics``
-    concatenates the ranks' batches in sampler order and drops the padding of the last one); their labels
-    must equal ``labels``, else the evaluation stops rather than pair items with another item's super-class.
+    concatenates the ranks' batches in sampler order and drops the padding of the last one), or its
+    prefix with ``dataloader_drop_last``; their labels must equal (that prefix of) ``labels``, else the
+    evaluation stops rather than pair items with another item's super-class.
     ``radius_correct_correlation`` is always reported, except for the sphere without ``head`` (the model's
     linear head: the sphere's radius is the norm of its output before normalisation)."""
 
@@ -182,10 +183,12 @@ def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], 
             ref = (*(torch.as_tensor(np.asarray(a)) for a in gallery.predictions), np.asarray(gallery.label_ids))
         groups = None
         if hierarchy is not None and gallery is None:
-            want, groups = np.asarray(hierarchy[0]), np.asarray(hierarchy[1])
-            if want.shape != labels.shape or not np.array_equal(want, labels):
-                raise ValueError(f"the evaluation predictions ({len(labels)} items) are not in the order of the eval "
+            want, n = np.asarray(hierarchy[0]), len(labels)
+            # a prefix with --dataloader_drop_last (the last incomplete eval batch is dropped)
+            if n > len(want) or not np.array_equal(want[:n], labels):
+                raise ValueError(f"the evaluation predictions ({n} items) are not in the order of the eval "
                                  f"dataset ({len(want)} labels): its hierarchy column cannot be paired with them")
+            groups = np.asarray(hierarchy[1])[:n]
         head_output = head_linear_output(head, enc) if head is not None and geometry == "sphere" else None
         c = curvature() if callable(curvature) else curvature
         return evaluate_embeddings(emb, enc, labels, geometry, c, ks_, gallery=ref, groups=groups,

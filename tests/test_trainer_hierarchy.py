@@ -83,12 +83,17 @@ def test_compute_metrics_hierarchy_equals_a_brute_force_loop():
     assert not any(k.startswith(("coarse_", "mistake_")) for k in flat)
 
 
-def test_misaligned_predictions_stop_the_evaluation():
+def test_misaligned_predictions_stop_the_evaluation_a_prefix_is_paired():
     x, labels, groups = _points(np.random.default_rng(1))
     perm = np.random.default_rng(2).permutation(len(labels))
     pred = EvalPrediction(predictions=(x[perm], x[perm]), label_ids=labels[perm])
     with pytest.raises(ValueError, match="not in the order of the eval dataset"):
         make_compute_metrics("poincare", 0.1, (1,), hierarchy=(labels, groups))(pred)
+    # --dataloader_drop_last: the predictions are a prefix of the split, paired with its first super-classes
+    prefix = EvalPrediction(predictions=(x[:30], x[:30]), label_ids=labels[:30])
+    got = make_compute_metrics("poincare", 0.1, (1,), hierarchy=(labels, groups))(prefix)
+    want = hierarchy_metrics(torch.from_numpy(x[:30]), labels[:30], groups[:30], "poincare", 0.1, (1,))
+    assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-12)
 
 
 def _tiny(geometry: str) -> HViTModel:
