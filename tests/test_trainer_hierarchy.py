@@ -21,36 +21,12 @@ from modeling_hvit.evaluation import embed_dataset
 from modeling_hvit.hierarchy_metrics import hierarchy_metrics
 from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
 from modeling_hvit.training import SCRATCH_BACKBONES, main
+from test_fewshot import brute_force_hierarchy
 
 
 def _d_hyp(x, y, c):
     sq = ((x[:, None] - y[None]) ** 2).sum(-1)
     return np.arccosh(1 + 2 * c * sq / np.outer(1 - c * (x**2).sum(1), 1 - c * (y**2).sum(1))) / math.sqrt(c)
-
-
-def _brute_force(d: np.ndarray, labels, groups, ks=(1, 4)) -> dict[str, float]:
-    """Coarse Recall@K, coarse MAP@R and mistake severity@1 from a distance matrix, one query at a time."""
-    n = len(labels)
-    d = d.copy()
-    np.fill_diagonal(d, np.inf)
-    hits = {k: [] for k in ks}
-    aps, wrong, mild = [], 0, 0
-    for i in range(n):
-        order = sorted((j for j in range(n) if j != i), key=lambda j: (d[i, j], j))
-        rel = [groups[j] == groups[i] for j in order]
-        for k in ks:
-            hits[k].append(any(rel[:k]))
-        r, found, ap = sum(rel), 0, 0.0
-        for j in range(r):
-            if rel[j]:
-                found += 1
-                ap += found / (j + 1)
-        aps.append(ap / r)
-        if labels[order[0]] != labels[i]:
-            wrong += 1
-            mild += groups[order[0]] == groups[i]
-    out = {f"coarse_recall@{k}": float(np.mean(v)) for k, v in hits.items()}
-    return {**out, "coarse_map@r": float(np.mean(aps)), "mistake_severity@1": mild / wrong}
 
 
 def _points(rng, n=40, dim=4, c=0.1):
@@ -68,7 +44,7 @@ def test_compute_metrics_hierarchy_equals_a_brute_force_loop():
     got = make_compute_metrics("poincare", c, (1, 4), hierarchy=(labels, groups))(pred)
     x64 = x.astype(np.float64)
     d = _d_hyp(x64, x64, c)
-    want = _brute_force(d, labels, groups)
+    want = brute_force_hierarchy(d, labels, groups, (1, 4))
     assert 0 < want["mistake_severity@1"] < 1
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
