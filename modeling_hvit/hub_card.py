@@ -5,7 +5,8 @@ sub-dict) and `train_args.json` (`{"model", "data", "training"}` as `train_hvit.
 
 Every number on the card is read from those files; metric keys this module does not know are listed
 in the table and the `model-index` all the same. Hierarchy metrics (``coarse_*``, ``mistake_severity@1``;
-`hierarchy_metrics`) and ``radius_correct_correlation`` are head-only: they get their own table. Rendering needs no network (`ModelCard.validate` would).
+`hierarchy_metrics`) and ``radius_correct_correlation`` are head-only: they get their own table.
+Rendering needs no network (`ModelCard.validate` would).
 """
 
 from __future__ import annotations

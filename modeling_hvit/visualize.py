@@ -98,7 +98,8 @@ def _name_groups(ax, xy: np.ndarray, codes: np.ndarray, names: list[str], cmap, 
 
 def plot_poincare_disk(embeddings: Any, labels: Any, geometry: str = "poincare", curvature: float = 0.1,
                        *, hierarchy: Any | None = None, hierarchy_name: str = "hierarchy",
-                       hierarchy_names: Any | None = None, path: str | Path | None = None, title: str | None = None, seed: int = 0, coords: np.ndarray | None = None,
+                       hierarchy_names: Any | None = None, path: str | Path | None = None,
+                       title: str | None = None, seed: int = 0, coords: np.ndarray | None = None,
                        point_size: float | None = None, dpi: int = 150):
     """Scatter the embeddings in the Poincaré disk coloured by ``labels`` (and ``hierarchy`` in a
     second panel, whose super-classes are named: a legend, or labels at their points); returns the
