@@ -7,6 +7,8 @@ headline 384-d numbers). Datasets with ``query``/``gallery`` splits (In-Shop) ar
 against the gallery, others (``test``) every image against all the others. The Trainer's evaluation
 and ``eval_hvit.py`` share ``retrieval_metrics`` (on already computed embeddings) and
 ``embed_dataset``. ``--plot`` draws the head embeddings in the Poincaré disk (``visualize``).
+Both also report the hierarchy metrics when the split has a hierarchy column and the radius–correct
+correlation (``hierarchy_metrics``), through ``evaluate_embeddings``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import torch
 from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics, usable_recall_ks
 from .data.transforms import pixel_values_for
 
-__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_extra", "format_table", "main",
-           "recorded_data_arguments", "resolve_data_arguments", "resolve_dtype", "retrieval_metrics"]
+__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_extra", "format_table",
+           "head_linear_output", "hierarchy_column_of", "main", "recorded_data_arguments", "resolve_data_arguments",
+           "resolve_dtype", "retrieval_metrics"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -63,7 +66,9 @@ class EvalArguments:
 
 def resolve_dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        from .errors import UserError
+
+        raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
 
 
@@ -111,17 +116,46 @@ def embed_dataset(model: torch.nn.Module, dataset: Any, batch_size: int = 64,
 def evaluate_embeddings(emb: torch.Tensor, enc: torch.Tensor | None, labels: Any, geometry: str,
                         curvature: float, ks: Sequence[int] | None = None, *,
                         gallery: tuple[torch.Tensor, torch.Tensor | None, Any] | None = None,
-                        include: Sequence[str] = DEFAULT_METRICS, **search_kwargs: Any) -> dict[str, float]:
+                        include: Sequence[str] = DEFAULT_METRICS, groups: Any | None = None,
+                        head_output: torch.Tensor | None = None, **search_kwargs: Any) -> dict[str, float]:
     """Head metrics in its geometry plus ``encoder_``-prefixed cosine metrics of the encoder features.
-    ``gallery=(emb, enc, labels)`` scores the queries against it (In-Shop)."""
+    ``gallery=(emb, enc, labels)`` scores the queries against it (In-Shop).
+
+    Also, from one top-1 search of the head embeddings: with ``groups`` (a super-class per item;
+    self-retrieval only) ``coarse_recall@K``, ``coarse_map@r``, ``mistake_severity@1``, and
+    ``radius_correct_correlation`` (``hierarchy_metrics.radius_metrics``; for the sphere only with
+    ``head_output``, the head's linear output before normalisation: ``head_linear_output``)."""
+    from .hierarchy_metrics import hierarchy_metrics, nearest_other, radius_metrics
+
     g_emb, g_enc, g_lab = gallery if gallery is not None else (None, None, None)
+    if groups is not None and gallery is not None:
+        raise ValueError("hierarchy metrics are defined for self-retrieval only (no gallery)")
     out = retrieval_metrics(emb, labels, geometry, curvature, ks, gallery=g_emb, gallery_labels=g_lab,
                             include=include, **search_kwargs)
     if enc is not None:
         enc_out = retrieval_metrics(enc, labels, "sphere", curvature, ks, gallery=g_enc,
                                     gallery_labels=g_lab, include=include, **search_kwargs)
         out.update({f"encoder_{k}": v for k, v in enc_out.items()})
+    with_radius = geometry != "sphere" or head_output is not None
+    if groups is None and not with_radius:
+        return out
+    search = {k: v for k, v in search_kwargs.items() if k not in ("seed", "progress")}
+    top1 = nearest_other(emb, geometry, curvature, g_emb, **search)
+    if groups is not None:
+        ks_ = [k for k in (ks or (1,)) if k < len(labels) - 1] or [1]
+        out.update(hierarchy_metrics(emb, labels, groups, geometry, curvature, ks_, top1=top1, **search))
+    if with_radius:
+        out.update(radius_metrics(emb, labels, geometry, curvature, head_output=head_output, gallery=g_emb,
+                                  gallery_labels=g_lab, top1=top1))
     return out
+
+
+def head_linear_output(head: torch.nn.Module, encoder_embeddings: torch.Tensor) -> torch.Tensor:
+    """The linear output of the model's head (``HViTModel.head``; before clipping, exp map or
+    normalisation) on encoder features, float32 on the CPU, without autocast as in ``HViTModel.project``."""
+    x = torch.as_tensor(encoder_embeddings).to(head.weight.device, head.weight.dtype)
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        return head(x).float().cpu()
 
 
 _METRIC = re.compile(r"^(encoder_)?(recall@\d+|precision@1|r_precision|map@r|nmi)$")
@@ -147,50 +181,57 @@ FEWSHOT_SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
 
 
 def format_extra(metrics: dict[str, Any]) -> str:
-    """Hierarchy metrics (``coarse_*``, ``mistake_severity@1``) and few-shot accuracies ± 95% CI."""
+    """Hierarchy metrics (``coarse_*``, ``mistake_severity@1``), the radius–correct correlation and
+    few-shot accuracies ± 95% CI."""
     lines = [f"{k:<26}{100 * v:>9.2f}%" for k, v in metrics.items()
              if k.startswith("coarse_") or k == "mistake_severity@1"]
+    if "radius_correct_correlation" in metrics:
+        lines.append(f"{'radius_correct_correlation':<26}{metrics['radius_correct_correlation']:>+10.4f}")
     for k, v in metrics.items():
         if k.startswith("fewshot_") and f"{k}_ci95" in metrics:
             lines.append(f"{k:<26}{100 * v:>9.2f}% ± {100 * metrics[k + '_ci95']:.2f}")
     return "\n".join(lines)
 
 
-def _hierarchy_and_fewshot(args: EvalArguments, dargs, split: tuple, self_mode: bool, geometry: str,
-                           curvature: float, ks: Sequence[int]) -> dict[str, Any]:
-    """Hierarchy metrics when the split has a hierarchy column (self-retrieval splits), and with
-    ``--fewshot`` nearest-prototype episodes on the head embeddings."""
-    from .fewshot import fewshot_accuracy
-    from .hierarchy_metrics import hierarchy_metrics
+def _split_groups(raw, wanted: str | None) -> tuple[str | None, np.ndarray | None]:
+    """(hierarchy column, its value per item) of a split, or (None, None)."""
+    column = hierarchy_column_of(raw, wanted)
+    return column, (np.asarray(raw.with_format(None)[column]) if column else None)
 
-    raw, emb, _, lab = split
-    column = _hierarchy_column(raw, dargs.hierarchy_column) if self_mode else None
-    groups = np.asarray(raw.with_format(None)[column]) if column else None
-    out: dict[str, Any] = {}
-    if groups is not None:
-        out.update(hierarchy_metrics(emb, lab, groups, geometry, curvature, ks or (1,), block_size=args.block_size))
-        out["hierarchy_column"] = column
-    if args.fewshot:
-        for within in (False, True) if groups is not None else (False,):
-            for n_way, k_shot in FEWSHOT_SETTINGS:
-                key = f"fewshot_{n_way}way_{k_shot}shot{'_within' if within else ''}"
-                try:
-                    res = fewshot_accuracy(emb, lab.numpy(), geometry, curvature, n_way, k_shot, 15,
-                                           args.fewshot_episodes, args.seed, groups if within else None)
-                except ValueError as err:  # too few classes for this setting: skipped, said
-                    print(f"{key}: skipped ({err})")
-                    continue
-                out[key], out[f"{key}_ci95"] = res["accuracy"], res["ci95"]
-        out["fewshot_episodes"] = args.fewshot_episodes
+
+def _fewshot(args: EvalArguments, emb: torch.Tensor, lab: torch.Tensor, groups: np.ndarray | None,
+             geometry: str, curvature: float) -> dict[str, Any]:
+    """Nearest-prototype episodes on the head embeddings (``--fewshot``); within one super-class too
+    when there are ``groups``."""
+    from .fewshot import fewshot_accuracy
+
+    if not args.fewshot:
+        return {}
+    out: dict[str, Any] = {"fewshot_episodes": args.fewshot_episodes}
+    for within in (False, True) if groups is not None else (False,):
+        for n_way, k_shot in FEWSHOT_SETTINGS:
+            key = f"fewshot_{n_way}way_{k_shot}shot{'_within' if within else ''}"
+            try:
+                res = fewshot_accuracy(emb, lab.numpy(), geometry, curvature, n_way, k_shot, 15,
+                                       args.fewshot_episodes, args.seed, groups if within else None)
+            except ValueError as err:  # too few classes for this setting: skipped, said
+                print(f"{key}: skipped ({err})")
+                continue
+            out[key], out[f"{key}_ci95"] = res["accuracy"], res["ci95"]
     return out
 
 
-def _hierarchy_column(ds, wanted: str | None) -> str | None:
+def hierarchy_column_of(ds, wanted: str | None = None) -> str | None:
+    """The split's hierarchy column: ``wanted`` (``--hierarchy_column``), else its first ClassLabel
+    column besides ``label`` (Omniglot ``alphabet``, SOP/demo ``superclass``, In-Shop ``category``)."""
     from datasets import ClassLabel
 
     if wanted is not None:
         if wanted not in ds.column_names:
-            raise KeyError(f"--hierarchy_column {wanted!r} not in the dataset columns {ds.column_names}")
+            from .errors import UserError
+
+            raise UserError(f"--hierarchy_column {wanted!r} is not a column of the dataset (columns: "
+                            f"{', '.join(ds.column_names)})")
         return wanted
     extra = [c for c, f in ds.features.items() if isinstance(f, ClassLabel) and c != "label"]
     return extra[0] if extra else None
@@ -284,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in names:
         if name not in dsd:
             raise KeyError(f"dataset {dargs.dataset!r} has no split {name!r} (splits: {list(dsd)})")
+    hierarchy_column_of(dsd[names[0]], dargs.hierarchy_column)  # a bad --hierarchy_column stops before embedding
     embedded = {}
     for name in names:
         raw, ds, labels = _prepare(model, args, dargs.dataset, dsd[name])
@@ -299,10 +341,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ks, dropped = usable_recall_ks(ks, available)
     if not ks:
         include = tuple(m for m in include if m != "recall")
+    column, groups = _split_groups(embedded[names[0]][0], dargs.hierarchy_column) if gallery is None else (None, None)
+    head_output = head_linear_output(model.head, enc) if geometry == "sphere" else None  # the sphere's radius
     metrics: dict[str, Any] = evaluate_embeddings(
-        emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, backend=args.backend,
-        faiss_index=args.faiss_index, block_size=args.block_size, progress=args.progress, seed=args.seed)
-    metrics.update(_hierarchy_and_fewshot(args, dargs, embedded[names[0]], gallery is None, geometry, curvature, ks))
+        emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, groups=groups,
+        head_output=head_output, backend=args.backend, faiss_index=args.faiss_index, block_size=args.block_size,
+        progress=args.progress, seed=args.seed)
+    if column:
+        metrics["hierarchy_column"] = column
+    metrics.update(_fewshot(args, emb, lab, groups, geometry, curvature))
     safe_name = re.sub(r"[^\w.-]", "_", dargs.dataset)
     default_dir = f"eval-{Path(args.model.rstrip('/')).name}-{safe_name}"
     out_dir = Path(args.output_dir or default_dir)
@@ -331,16 +378,21 @@ def _plot(args: EvalArguments, dargs, split: tuple, geometry: str, curvature: fl
     from .visualize import plot_poincare_disk
 
     raw, emb, _, lab = split
-    column = _hierarchy_column(raw, dargs.hierarchy_column)
-    hierarchy = np.asarray(raw.with_format(None)[column]) if column else None
+    column, hierarchy = _split_groups(raw, dargs.hierarchy_column)
     idx = np.arange(len(lab))
     if len(idx) > args.plot_max_points:
         idx = np.sort(np.random.default_rng(args.seed).choice(len(idx), args.plot_max_points, replace=False))
     path = out_dir / "poincare_disk.png"
+    feature = raw.features.get(column) if column else None
     plot_poincare_disk(emb[idx], lab.numpy()[idx], geometry, curvature,
                        hierarchy=None if hierarchy is None else hierarchy[idx], hierarchy_name=column or "hierarchy",
+                       hierarchy_names=getattr(feature, "names", None),
                        path=path, seed=args.seed,
                        title=f"{Path(args.model.rstrip('/')).name} · {dargs.dataset}")
     return path
 
 
+if __name__ == "__main__":  # `python -m modeling_hvit.evaluation ...` = `hvit eval ...`
+    from .cli import command_main
+
+    command_main("eval")

@@ -4,7 +4,9 @@
 sub-dict) and `train_args.json` (`{"model", "data", "training"}` as `train_hvit.py` writes them).
 
 Every number on the card is read from those files; metric keys this module does not know are listed
-in the table and the `model-index` all the same. Rendering needs no network (`ModelCard.validate` would).
+in the table and the `model-index` all the same. Hierarchy metrics (``coarse_*``, ``mistake_severity@1``;
+`hierarchy_metrics`) and ``radius_correct_correlation`` are head-only: they get their own table.
+Rendering needs no network (`ModelCard.validate` would).
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ __all__ = ["TEMPLATE_PATH", "HubFolderError", "build_card", "final_metrics", "me
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "hub_cards" / "model_card.md.jinja"
 # Numbers in metrics.json that describe the run rather than measure retrieval.
 META_KEYS = {"untrained", "wall_seconds", "dataset", "curvature", "delta_rel", "world_size", "global_step",
-             "split", "splits", "seed", "epoch", "partial_resume",
+             "split", "splits", "seed", "epoch", "partial_resume", "fewshot_episodes",
              "num_queries", "num_gallery", "embedding_dim", "runtime", "samples_per_second", "steps_per_second"}
 DATASET_NAMES = {"cub": "CUB-200-2011", "cars": "Cars196", "sop": "Stanford Online Products",
                  "inshop": "In-Shop Clothes Retrieval", "omniglot": "Omniglot", "caltech101": "Caltech-101",
                  "demo": "the built-in demo shapes dataset (synthetic)", "folder": "a local image folder"}
-_LABELS = {"precision@1": "Precision@1", "r_precision": "R-Precision", "map@r": "MAP@R", "nmi": "NMI"}
-_FRACTION = re.compile(r"^(recall@\d+|precision@\d+|r_precision|map@r|map@\d+|nmi)$")
+_LABELS = {"precision@1": "Precision@1", "r_precision": "R-Precision", "map@r": "MAP@R", "nmi": "NMI",
+           "coarse_map@r": "Coarse MAP@R", "mistake_severity@1": "Mistake severity@1",
+           "radius_correct_correlation": "Radius–correct correlation"}
+_FRACTION = re.compile(r"^(recall@\d+|precision@\d+|r_precision|map@r|map@\d+|nmi|coarse_recall@\d+|coarse_map@r|"
+                       r"mistake_severity@1)$")
+_HIERARCHY = re.compile(r"^(coarse_.*|mistake_severity@1|radius_correct_correlation)$")  # head-only metrics
 # train_args.json entries that are machine-local or bookkeeping, not hyperparameters.
 _NOT_RECIPE = re.compile(r"(^|_)(dir|path|token)s?$|^(output_dir|data_dir|logging_dir|run_name|report_to|"
                          r"push_to_hub|hub_.*|resume_from_checkpoint|overwrite_output_dir)$")
@@ -78,15 +84,17 @@ def metric_label(key: str) -> str:
     """`recall@1` → `Recall@1`, `encoder_map@r` → `MAP@R (encoder)`; unknown keys as they are."""
     encoder = key.startswith("encoder_")
     base = key[len("encoder_"):] if encoder else key
-    label = _LABELS.get(base) or (f"Recall@{base[7:]}" if base.startswith("recall@") else base)
+    label = _LABELS.get(base) or (f"Recall@{base[7:]}" if base.startswith("recall@") else
+                                  f"Coarse Recall@{base[14:]}" if base.startswith("coarse_recall@") else base)
     return f"{label} (encoder)" if encoder else label
 
 
 def _sort_key(base: str) -> tuple:
-    if base.startswith("recall@") and base[7:].isdigit():
-        return (0, int(base[7:]), base)
+    for rank, prefix in enumerate(("recall@", "coarse_recall@")):
+        if base.startswith(prefix) and base[len(prefix):].isdigit():
+            return (0, rank, int(base[len(prefix):]), base)
     order = list(_LABELS)
-    return (1, order.index(base), base) if base in order else (2, 0, base)
+    return (1, 0, order.index(base), base) if base in order else (2, 0, 0, base)
 
 
 def _fmt(key: str, value: float | None) -> str:
@@ -98,8 +106,10 @@ def _fmt(key: str, value: float | None) -> str:
     return f"{100 * value:.1f}" if _FRACTION.match(base) else f"{value:.4g}"
 
 
-def _metric_rows(final: dict[str, float], untrained: dict) -> list[dict[str, str]]:
-    bases = sorted({k.removeprefix("encoder_") for k in final}, key=_sort_key)
+def _metric_rows(final: dict[str, float], untrained: dict, hierarchy: bool = False) -> list[dict[str, str]]:
+    """Table rows of the head/encoder metrics, or (``hierarchy``) of the head-only hierarchy metrics."""
+    bases = sorted({b for b in (k.removeprefix("encoder_") for k in final) if bool(_HIERARCHY.match(b)) == hierarchy},
+                   key=_sort_key)
     before = {k: float(v) for k, v in untrained.items() if _number(v)}
     return [{"label": metric_label(b), "head": _fmt(b, final.get(b)), "encoder": _fmt(b, final.get(f"encoder_{b}")),
              "head_before": _fmt(b, before.get(b)), "encoder_before": _fmt(b, before.get(f"encoder_{b}"))}
@@ -315,5 +325,7 @@ def build_card(folder: Path, repo_id: str | None = None, *, license: str = "apac
         backbone_text=backbone_text, hidden_size=config.get("backbone_hidden_size"),
         embedding_dim=config.get("embedding_dim"), **_geometry(config),
         metric_rows=_metric_rows(final, untrained), has_untrained=bool(untrained), dataset_name=dataset_name,
+        hierarchy_rows=_metric_rows(final, untrained, hierarchy=True),
+        hierarchy_column=str(metrics.get("hierarchy_column") or "super-class"),
         split_text=f"split `{split}`{queries}", gallery_text=gallery, image=image,
         recipe=_recipe(config, metrics, train_args, dataset_name, backbone_text), full_args=_recipe_args(train_args))

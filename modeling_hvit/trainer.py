@@ -23,7 +23,7 @@ from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .curvature import CurvatureMonitor, add_curvature_param_group
 from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
-from .evaluation import evaluate_embeddings
+from .evaluation import evaluate_embeddings, head_linear_output
 from .metrics import DEFAULT_RECALL_KS
 from .sampling import ClassPairSampler, passes_for_workers
 from .data.transforms import pixel_values_for
@@ -164,12 +164,22 @@ class NonFiniteStepError(FloatingPointError):
     """A training step produced a NaN/inf loss or gradient norm (`--on_nonfinite error`)."""
 
 
-def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], ks: Sequence[int] | None = None):
+def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], ks: Sequence[int] | None = None, *,
+                         hierarchy: tuple[Sequence, Sequence] | None = None, head: torch.nn.Module | None = None):
     """`compute_metrics` for the Trainer: Recall@K, P@1, R-Precision, MAP@R of the head embeddings
     (in their geometry) and of the encoder features (cosine, keys prefixed ``encoder_``), through
     `evaluation.evaluate_embeddings`. With ``gallery`` (a second `EvalPrediction`), queries are
     scored against it (In-Shop); otherwise every item against all the others. ``curvature`` may be a callable
-    read at each evaluation (a learnt c: ``HViTModel.learnt_curvature``)."""
+    read at each evaluation (a learnt c: ``HViTModel.learnt_curvature``).
+
+    ``hierarchy=(labels, groups)``: the eval split's class and super-class of each item, in eval-dataset
+    order, adds ``coarse_recall@K``, ``coarse_map@r`` and ``mistake_severity@1`` (self-retrieval). The
+    predictions come in that order, with one process or several (accelerate's ``gather_for_metrics``
+    concatenates the ranks' batches in sampler order and drops the padding of the last one), or its
+    prefix with ``dataloader_drop_last``; their labels must equal (that prefix of) ``labels``, else the
+    evaluation stops rather than pair items with another item's super-class.
+    ``radius_correct_correlation`` is always reported, except for the sphere without ``head`` (the model's
+    linear head: the sphere's radius is the norm of its output before normalisation)."""
 
     def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None) -> dict[str, float]:
         emb, enc = (torch.as_tensor(np.asarray(a)) for a in pred.predictions)
@@ -178,8 +188,18 @@ def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], 
         ref = None
         if gallery is not None:
             ref = (*(torch.as_tensor(np.asarray(a)) for a in gallery.predictions), np.asarray(gallery.label_ids))
+        groups = None
+        if hierarchy is not None and gallery is None:
+            want, n = np.asarray(hierarchy[0]), len(labels)
+            # a prefix with --dataloader_drop_last (the last incomplete eval batch is dropped)
+            if n > len(want) or not np.array_equal(want[:n], labels):
+                raise ValueError(f"the evaluation predictions ({n} items) are not in the order of the eval "
+                                 f"dataset ({len(want)} labels): its hierarchy column cannot be paired with them")
+            groups = np.asarray(hierarchy[1])[:n]
+        head_output = head_linear_output(head, enc) if head is not None and geometry == "sphere" else None
         c = curvature() if callable(curvature) else curvature
-        return evaluate_embeddings(emb, enc, labels, geometry, c, ks_, gallery=ref)
+        return evaluate_embeddings(emb, enc, labels, geometry, c, ks_, gallery=ref, groups=groups,
+                                   head_output=head_output)
 
     return compute_metrics
 

@@ -26,6 +26,7 @@ from .data import DataArguments, dataset_labels
 from .data.splits import describe_splits, split_summary
 from .metrics import recall_ks_for
 from .modeling_hvit import HViTModel
+from .evaluation import hierarchy_column_of
 from .trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
 from .data.transforms import transforms_for_model, with_image_transform
 
@@ -143,14 +144,21 @@ def build_model(margs: ModelArguments, curvature: float) -> HViTModel:
 
 
 def _print_table(rows: dict[str, dict[str, float]]) -> None:
-    keys = sorted({k for r in rows.values() for k in r if not k.startswith(("encoder_", "eval_loss"))},
-                  key=lambda k: (not k.startswith("recall@"), int(k.split("@")[1]) if k.startswith("recall@") else 0, k))
-    print(f"\n{'metric':<24}" + "".join(f"{name:>14}" for name in rows))
+    """Before/after metrics in %; hierarchy metrics after the flat ones; correlations as plain numbers."""
+    def order(k: str) -> tuple:
+        group = 0 if k.startswith("recall@") else 2 if k.startswith(("coarse_", "mistake_", "radius_")) else 1
+        recall = k.startswith(("recall@", "coarse_recall@"))
+        return group, not recall, int(k.rsplit("@", 1)[1]) if recall else 0, k
+
+    keys = sorted({k for r in rows.values() for k in r if not k.startswith(("encoder_", "eval_loss"))}, key=order)
+    print(f"\n{'metric':<28}" + "".join(f"{name:>14}" for name in rows))
     for key in keys:
         for prefix, label in (("", key), ("encoder_", f"{key} (encoder)")):
             vals = [r.get(f"{prefix}{key}") for r in rows.values()]
             if any(v is not None for v in vals):
-                print(f"{label:<24}" + "".join(f"{100 * v:>13.1f}%" if v is not None else f"{'':>14}" for v in vals))
+                cell = "{:>+14.3f}" if key.endswith("correlation") else "{:>13.1f}%"
+                print(f"{label:<28}" + "".join(cell.format(v if key.endswith("correlation") else 100 * v)
+                                               if v is not None else f"{'':>14}" for v in vals))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -186,12 +194,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     train_set, eval_set = with_tf(train_ds, train_tf), with_tf(eval_ds, eval_tf)
     ks = targs.ks or recall_ks_for(dargs.dataset)
+    # the eval split's super-classes (Omniglot alphabet, demo superclass, --hierarchy_column): hierarchy metrics
+    hierarchy_column = hierarchy_column_of(eval_ds, dargs.hierarchy_column) if gallery_ds is None else None
+    hierarchy = ((dataset_labels(eval_ds), dataset_labels(eval_ds, hierarchy_column))
+                 if hierarchy_column else None)
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
                           train_labels=train_labels,
                           gallery_dataset=with_tf(gallery_ds, eval_tf) if gallery_ds is not None else None,
-                          compute_metrics=make_compute_metrics(model.config.geometry, model.learnt_curvature, ks))
+                          compute_metrics=make_compute_metrics(model.config.geometry, model.learnt_curvature, ks,
+                                                               hierarchy=hierarchy, head=model.head))
     if auto:
-        _set_curvature_from_delta(trainer, with_tf(train_ds, eval_tf), margs, ks)
+        _set_curvature_from_delta(trainer, with_tf(train_ds, eval_tf), margs)
 
     before = trainer.evaluate(metric_key_prefix="before")
     trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
@@ -200,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_model(targs.output_dir)
     if trainer.is_world_process_zero():  # save_model also wrote the image processor (HViTModel.save_pretrained)
         summary = {**results["trained"], "untrained": results["untrained"], "wall_seconds": time.perf_counter() - start,
-                   "dataset": dargs.dataset, "splits": splits,
+                   "dataset": dargs.dataset, "splits": splits, **({"hierarchy_column": hierarchy_column}
+                                                                   if hierarchy_column else {}),
                    "curvature": model.config.curvature, "delta_rel": model.config.delta_rel,
                    "world_size": trainer.args.world_size, "global_step": trainer.state.global_step,
                    "log_history": trainer.state.log_history}  # the loss and evaluation curves
@@ -228,11 +242,13 @@ def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and not k.endswith(drop)}
 
 
-def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: ModelArguments, ks) -> None:
+def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: ModelArguments) -> None:
     """`--curvature auto`: δ_rel of the encoder features of the train split → c = (0.144/δ_rel)²."""
     from .delta import estimate_delta
 
-    trainer.compute_metrics = None  # only the features are wanted here, not retrieval metrics of the train split
+    # only the features are wanted here, not retrieval metrics of the train split; the eval metrics read
+    # the model's curvature at each evaluation (HViTModel.learnt_curvature), so they are restored as they were
+    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None
     with trainer.float32_forward():  # float32 features, as the original, whatever --bf16/--fp16
         features = torch.as_tensor(trainer.predict(train_eval_set, metric_key_prefix="delta").predictions[1])
     n = min(margs.delta_n, len(features))
@@ -245,7 +261,7 @@ def _set_curvature_from_delta(trainer: HViTTrainer, train_eval_set, margs: Model
     if model.config.learn_curvature:  # the estimate is the learnt c's starting point (kept within its bounds)
         with torch.no_grad():
             model.log_curvature.fill_(math.log(est.curvature))
-    trainer.compute_metrics = make_compute_metrics(model.config.geometry, model.learnt_curvature, ks)
+    trainer.compute_metrics = compute_metrics
     logger.warning(f"--curvature auto: δ_rel = {est.delta_rel_mean:.3f} ± {est.delta_rel_std:.3f} over "
                    f"{est.draws} draws of {n} → c = {est.curvature:.4f}")
 

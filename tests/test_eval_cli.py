@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,7 +32,7 @@ def _save_tiny(path: Path, geometry: str = "poincare", embedding_dim: int = 16) 
     return path
 
 
-def _oracle_recall1(x: np.ndarray, y: np.ndarray, geometry: str, c: float = 0.1) -> float:
+def _oracle_nearest(x: np.ndarray, geometry: str, c: float = 0.1) -> np.ndarray:
     """Nearest other item by float64 textbook distance (Poincaré arcosh form, or 1 − cos)."""
     x = x.astype(np.float64)
     if geometry == "poincare":
@@ -42,7 +43,11 @@ def _oracle_recall1(x: np.ndarray, y: np.ndarray, geometry: str, c: float = 0.1)
         xn = x / np.linalg.norm(x, axis=1, keepdims=True)
         d = 1 - xn @ xn.T
     np.fill_diagonal(d, np.inf)
-    return float(np.mean(y[d.argmin(1)] == y))
+    return d.argmin(1)
+
+
+def _oracle_recall1(x: np.ndarray, y: np.ndarray, geometry: str, c: float = 0.1) -> float:
+    return float(np.mean(y[_oracle_nearest(x, geometry, c)] == y))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,7 @@ def tiny_model(tmp_path_factory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("model") / "tiny-hvit")
 
 
-def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, monkeypatch):
+def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     out = tmp_path / "out"
     metrics = main(["--model", str(tiny_model), "--dataset", "demo", "--output_dir", str(out),
@@ -77,6 +82,34 @@ def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, mon
     assert saved["recall@1"] == pytest.approx(_oracle_recall1(o.embeddings.numpy(), y, "poincare"), abs=1e-9)
     assert saved["encoder_recall@1"] == pytest.approx(_oracle_recall1(o.encoder_embeddings.numpy(), y, "sphere"),
                                                       abs=1e-9)
+    # the radius–correct correlation: hyperbolic distance to the origin vs "nearest other image is right"
+    x = o.embeddings.double().numpy()
+    radius = 2 / np.sqrt(0.1) * np.arctanh(np.sqrt(0.1) * np.linalg.norm(x, axis=1))
+    correct = y[_oracle_nearest(x, "poincare")] == y
+    assert saved["radius_correct_correlation"] == pytest.approx(stats.pointbiserialr(correct, radius).statistic,
+                                                                abs=1e-6)
+    assert "radius_correct_correlation" in capsys.readouterr().out
+
+
+def test_sphere_radius_is_the_head_output_norm(tmp_path, monkeypatch):
+    """Sph-: every embedding has norm 1, so the radius is the norm of the head's linear output."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    model_dir = _save_tiny(tmp_path / "sph", geometry="sphere")
+    got = main(["--model", str(model_dir), "--dataset", "demo", "--output_dir", str(tmp_path / "o"),
+                "--max_samples", "160", "--batch_size", "80", "--progress", "false", "--device", "cpu"])
+    from modeling_hvit.data import build_dataset
+    from modeling_hvit.data.transforms import EvalTransform, normalization_from_processor
+
+    model = HViTModel.from_pretrained(model_dir).eval()
+    ds = build_dataset("demo")["test"].select(range(160))
+    tf = EvalTransform(32, *normalization_from_processor(model.image_processor))
+    with torch.no_grad():
+        o = model(pixel_values=torch.stack([tf(im) for im in ds["image"]]))
+    w, b = model.head.weight.double().detach().numpy(), model.head.bias.double().detach().numpy()
+    radius = np.linalg.norm(o.encoder_embeddings.double().numpy() @ w.T + b, axis=1)
+    y = np.asarray(ds["label"])
+    correct = y[_oracle_nearest(o.embeddings.double().numpy(), "sphere")] == y
+    assert got["radius_correct_correlation"] == pytest.approx(stats.pearsonr(radius, correct).statistic, abs=1e-5)
 
 
 @pytest.mark.slow  # a fresh interpreter imports transformers and datasets (~10 s of CPU)
@@ -96,11 +129,39 @@ def test_cli_subprocess_with_plot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_errors_are_clear(tmp_path):
+def test_cli_errors_are_clear(tmp_path, capsys):
+    from modeling_hvit.cli import run
+
     with pytest.raises(FileNotFoundError, match="no config.json"):
         main(["--model", str(tmp_path), "--dataset", "demo", "--progress", "false"])
-    with pytest.raises(ValueError, match="precision must be one of"):
-        main(["--model", str(tmp_path), "--precision", "fp8", "--progress", "false"])
+    # a bad --precision: one line naming the flag and the allowed values, no traceback
+    assert run("eval", ["--model", str(tmp_path), "--precision", "fp8", "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "hvit eval: error: --precision 'fp8': expected one of fp32, fp16, bf16"
+
+
+def test_unknown_hierarchy_column_is_a_one_line_error(tiny_model, tmp_path, monkeypatch, capsys):
+    from modeling_hvit.cli import run
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert run("eval", ["--model", str(tiny_model), "--dataset", "demo", "--hierarchy_column", "genus",
+                        "--output_dir", str(tmp_path / "o"), "--progress", "false", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("hvit eval: error: --hierarchy_column 'genus' is not a column of the dataset "
+                   "(columns: image, label, superclass)")
+
+
+def test_python_m_evaluation_runs_the_eval_command(tmp_path, capsys, monkeypatch):
+    """`python -m modeling_hvit.evaluation ...` is `hvit eval ...` (it used to do nothing, silently)."""
+    import runpy
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["evaluation.py", "--model", str(tmp_path), "--precision", "fp8"])
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module("modeling_hvit.evaluation", run_name="__main__")
+    assert exit_.value.code == 2
+    assert "hvit eval: error: --precision 'fp8'" in capsys.readouterr().err
 
 
 def test_query_gallery_and_table():

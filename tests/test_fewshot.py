@@ -35,6 +35,30 @@ def ball(n, d, c, rng, radius=0.8):
     return v / np.linalg.norm(v, axis=1, keepdims=True) * rng.uniform(0, radius, (n, 1)) / math.sqrt(c)
 
 
+def brute_force_hierarchy(d: np.ndarray, labels, groups, ks=(1,)) -> dict[str, float]:
+    """Coarse Recall@K, coarse MAP@R and mistake severity@1 from a distance matrix, one query at a time
+    (ties to the lower index, self excluded)."""
+    n = len(labels)
+    hits = {k: [] for k in ks}
+    aps, wrong, mild = [], 0, 0
+    for i in range(n):
+        order = sorted((j for j in range(n) if j != i), key=lambda j: (d[i, j], j))
+        rel = [groups[j] == groups[i] for j in order]
+        for k in ks:
+            hits[k].append(any(rel[:k]))
+        r, found, ap = sum(rel), 0, 0.0
+        for j in range(r):
+            if rel[j]:
+                found += 1
+                ap += found / (j + 1)
+        aps.append(ap / r)
+        if labels[order[0]] != labels[i]:
+            wrong += 1
+            mild += groups[order[0]] == groups[i]
+    out = {f"coarse_recall@{k}": float(np.mean(v)) for k, v in hits.items()}
+    return {**out, "coarse_map@r": float(np.mean(aps)), "mistake_severity@1": mild / wrong}
+
+
 # ---------------------------------------------------------------- midpoint
 @pytest.mark.parametrize("c", [0.1, 1.0])
 def test_einstein_midpoint_is_the_gyromidpoint_and_isometry_invariant(c):
@@ -128,25 +152,55 @@ def test_hierarchy_metrics_match_a_brute_force_loop():
     x = ball(48, 4, c, rng, 0.3) + centres * 0.5
     x = x / np.maximum(1, np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(c) / 0.9)
     got = hierarchy_metrics(torch.from_numpy(x), labels, groups, "poincare", c, ks=(1, 5), exact=True)
-    d = np.array([[d_hyp(a, b, c) for b in x] for a in x])
-    np.fill_diagonal(d, np.inf)
-    rec1, rec5, aps, wrong, mild = [], [], [], 0, 0
-    for i in range(48):
-        order = sorted(range(48), key=lambda j: (d[i, j], j))[:47]
-        rel = [groups[j] == groups[i] for j in order]
-        r = sum(rel)
-        rec1.append(any(rel[:1]))
-        rec5.append(any(rel[:5]))
-        hits, ap = 0, 0.0
-        for j in range(r):
-            if rel[j]:
-                hits += 1
-                ap += hits / (j + 1)
-        aps.append(ap / r)
-        if labels[order[0]] != labels[i]:
-            wrong += 1
-            mild += groups[order[0]] == groups[i]
-    assert got["coarse_recall@1"] == pytest.approx(np.mean(rec1), abs=1e-12)
-    assert got["coarse_recall@5"] == pytest.approx(np.mean(rec5), abs=1e-12)
-    assert got["coarse_map@r"] == pytest.approx(np.mean(aps), abs=1e-12)
-    assert 0 < wrong < 48 and got["mistake_severity@1"] == pytest.approx(mild / wrong, abs=1e-12)
+    want = brute_force_hierarchy(np.array([[d_hyp(a, b, c) for b in x] for a in x]), labels, groups, (1, 5))
+    assert 0 < want["mistake_severity@1"] < 1
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+# ---------------------------------------------------------------- real Omniglot (slow)
+@pytest.mark.slow
+def test_fewshot_on_real_omniglot(tmp_path, monkeypatch):
+    """`hvit eval --fewshot` with 20 episodes per setting on the Omniglot evaluation alphabets, with a tiny
+    random-init model: accuracies in [0, 1] and above chance (random features of the pixels), sensible
+    95% CIs, and within-alphabet episodes whose N characters all come from one alphabet."""
+    from conftest import real_data
+    from modeling_hvit import HViTConfig, HViTModel
+    from modeling_hvit.data import build_dataset, dataset_labels
+    from modeling_hvit.evaluation import main
+
+    data = real_data("omniglot")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    torch.manual_seed(0)
+    model_dir = tmp_path / "tiny"
+    HViTModel(HViTConfig(backbone_config={"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2,
+                                          "num_attention_heads": 4, "intermediate_size": 64, "image_size": 28,
+                                          "patch_size": 7}, embedding_dim=16)).save_pretrained(model_dir)
+    got = main(["--model", str(model_dir), "--dataset", "omniglot", "--data_dir", str(data), "--output_dir",
+                str(tmp_path / "eval"), "--fewshot", "--fewshot_episodes", "20", "--batch_size", "512",
+                "--recall_ks", "1", "--progress", "false", "--device", "cpu"])
+    assert got["num_queries"] == 13180 and got["hierarchy_column"] == "alphabet" and got["fewshot_episodes"] == 20
+    for n_way in (5, 20):
+        for k_shot in (1, 5):
+            for suffix in ("", "_within"):
+                key = f"fewshot_{n_way}way_{k_shot}shot{suffix}"
+                acc, ci = got[key], got[f"{key}_ci95"]
+                assert 1 / n_way < acc <= 1, key  # above chance
+                # 20 episodes of N·15 queries: 1.96·std/√20 with 0 < std ≤ 0.5
+                assert 0 < ci < 1.96 * 0.5 / math.sqrt(20) and acc - ci > 0, key
+
+    # the within-alphabet episodes, as fewshot_accuracy draws them (same seed): one alphabet each
+    test = build_dataset("omniglot", data_dir=str(data))["test"]
+    labels, alphabets = np.asarray(dataset_labels(test)), np.asarray(dataset_labels(test, "alphabet"))
+    char_names, alpha_names = test.features["label"].names, test.features["alphabet"].names
+    support, query = sample_episodes(labels, 20, 1, 15, 20, 0, alphabets)
+    for s, q in zip(support, query):
+        items = np.concatenate([s, q], axis=1)  # (N, K + Q): row n is one character
+        chars = labels[items]
+        assert (chars == chars[:, :1]).all() and len(set(chars[:, 0])) == 20  # 20 distinct characters
+        (alphabet,) = set(alphabets[items.ravel()])  # all from one alphabet
+        # independently of the alphabet column: the character's folder lies in that alphabet's folder
+        assert {char_names[c].split("/")[0] for c in chars[:, 0]} == {alpha_names[alphabet]}
+    # and the unconstrained 20-way episodes do mix alphabets
+    free, _ = sample_episodes(labels, 20, 1, 15, 20, 0)
+    assert all(len(set(alphabets[e.ravel()])) > 1 for e in free)

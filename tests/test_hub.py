@@ -514,3 +514,30 @@ def test_card_states_a_partial_resume(trained, tmp_path):
     assert ("from a checkpoint without optimizer.pt; curvature 0.05 in the checkpoint, 0.1 now: "
             "not an exact continuation") in text
     assert not any("partial_resume" in k for k in _index_metrics(_front_matter(text)))
+
+
+def test_card_shows_hierarchy_metrics(trained, tmp_path):
+    """Issue 15: coarse Recall@K / MAP@R, mistake severity and the radius–correct correlation of the head,
+    as metrics.json has them (training.py: final and untrained), in their own table and the model-index."""
+    folder = _copy(trained, tmp_path)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    hier = {"coarse_recall@1": 0.8125, "coarse_recall@2": 0.9, "coarse_map@r": 0.4375, "mistake_severity@1": 0.625,
+            "radius_correct_correlation": 0.21875}
+    metrics.update(hier, hierarchy_column="alphabet")
+    metrics["untrained"].update({"coarse_recall@1": 0.5, "radius_correct_correlation": -0.03125})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    text = str(render_model_card(folder, REPO))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| metric")}
+    assert rows["Coarse Recall@1"] == ["81.2", "50.0"]  # head, head before training: no encoder column
+    assert rows["Coarse Recall@2"] == ["90.0", "–"]
+    assert rows["Coarse MAP@R"] == ["43.8", "–"] and rows["Mistake severity@1"] == ["62.5", "–"]
+    assert rows["Radius–correct correlation"] == ["0.2188", "-0.03125"]  # a correlation, not a percentage
+    assert "shares the query's alphabet" in text and "| metric | head | head before training |" in text
+    assert rows["Recall@1"][0] == f"{100 * metrics['recall@1']:.1f}"  # the flat table is unchanged
+    meta = _front_matter(text)
+    published = _index_metrics(meta)
+    for key, value in hier.items():
+        assert published[key] == pytest.approx(value, abs=5e-5), key
+    names = {m["type"]: m["name"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert names["coarse_recall@1"] == "Coarse Recall@1" and names["coarse_map@r"] == "Coarse MAP@R"

@@ -381,7 +381,7 @@ def test_curvature_auto_uses_float32_features_under_bf16(tmp_path):
                                                                    "images_per_class": 6, "image_size": 16})["train"],
                                 EvalTransform(16))
     margs = ModelArguments(delta_n=60, delta_draws=5)
-    _set_curvature_from_delta(trainer, data, margs, (1,))
+    _set_curvature_from_delta(trainer, data, margs)
     # oracle: a plain float32 copy of the same weights (the trainer's model forward autocasts to bf16)
     reference = HViTModel(trainer.model.config)
     reference.load_state_dict(trainer.model.state_dict())

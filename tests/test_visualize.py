@@ -77,3 +77,40 @@ def test_umap_to_disk_for_high_dim(geometry, tmp_path):
                              path=tmp_path / "u.png", dpi=40)
     assert len(fig.axes[0].collections[0].get_offsets()) == 120
     _png_size(tmp_path / "u.png")
+
+
+def test_hierarchy_panel_has_a_legend_of_its_super_classes():
+    """Issue 15: the hierarchy panel names each super-class with its colour (matplotlib objects)."""
+    from matplotlib.colors import to_rgba
+
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(-1, 1, (30, 2)) * 0.6
+    groups = np.arange(30) % 3
+    names = ["Latin", "Greek", "Korean"]
+    fig = plot_poincare_disk(pts, np.arange(30) % 6, "poincare", 1.0, hierarchy=groups, hierarchy_name="alphabet",
+                             hierarchy_names=names)
+    class_ax, hier_ax = fig.axes
+    assert class_ax.get_legend() is None  # classes are too many to name
+    legend = hier_ax.get_legend()
+    assert legend is not None and legend.get_title().get_text() == "alphabet"
+    assert [t.get_text() for t in legend.get_texts()] == names
+    scatter = hier_ax.collections[0]
+    colours = scatter.to_rgba(np.asarray(scatter.get_array()))  # the points' colours, as drawn
+    for handle, k in zip(legend.legend_handles, range(3)):
+        np.testing.assert_allclose(to_rgba(handle.get_color()), colours[np.flatnonzero(groups == k)[0]])
+
+
+def test_many_super_classes_are_labelled_at_their_points():
+    from modeling_hvit.visualize import LEGEND_MAX
+
+    rng = np.random.default_rng(4)
+    n_groups = LEGEND_MAX + 3
+    groups = np.array([f"g{k:02d}" for k in np.arange(90) % n_groups])
+    pts = rng.uniform(-1, 1, (90, 2)) * 0.6
+    fig = plot_poincare_disk(pts, np.arange(90), "poincare", 1.0, hierarchy=groups)
+    ax = fig.axes[1]
+    assert ax.get_legend() is None
+    texts = {t.get_text(): t.get_position() for t in ax.texts}
+    assert sorted(texts) == sorted(set(groups))
+    for name, pos in texts.items():
+        np.testing.assert_allclose(pos, pts[groups == name].mean(0))  # at the mean of its points
