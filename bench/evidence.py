@@ -3,6 +3,7 @@ Lorentz heads), trained from scratch on CPU, with the evaluation curve, hierarch
 
     python bench/evidence.py --jobs 2                 # train + evaluate every run not done yet, then the report
     python bench/evidence.py --only report            # rebuild the table and the curves from the saved results
+    python bench/evidence.py --only eval              # re-evaluate the trained runs (after an evaluation change)
 
 Each run is ``hvit train --config configs/<recipe>.yaml --seed S`` (the evaluation curve every ``--eval_steps`` on
 the first ``--curve_samples`` test images) and then ``hvit eval --fewshot`` on the whole test split. Results go to
@@ -86,7 +87,7 @@ def execute(run: Run, a: argparse.Namespace) -> str:
         metrics = json.loads((model / "metrics.json").read_text())
         metrics["driver_wall_seconds"] = time.perf_counter() - start
         (out / "train.json").write_text(json.dumps(metrics, indent=1))
-    if not (out / "eval.json").exists():
+    if not (out / "eval.json").exists() or (a.only == "eval" and (out / "train.json").exists()):
         _hvit(["eval", "--model", str(model), "--data_dir", str(data_dir), "--fewshot", "--no_progress",
                "--num_workers", "1", "--output_dir", str(model / "eval")], out / "eval.log", a.threads)
         (out / "eval.json").write_text((model / "eval" / "metrics.json").read_text())
@@ -196,13 +197,17 @@ def main() -> None:
     p.add_argument("--caltech_steps", type=int, default=600)
     p.add_argument("--curve_points", type=int, default=6, help="evaluations during training")
     p.add_argument("--curve_samples", type=int, default=2000)
-    p.add_argument("--only", choices=("runs", "report"), default=None)
+    p.add_argument("--only", choices=("runs", "eval", "report"), default=None)
     a = p.parse_args()
     a.episodes_note = "1,000"
     runs = plan(a.omniglot_seeds, a.caltech_seeds, a.beyond_seeds)
+    if a.only == "eval":
+        runs_to_do = [r for r in runs if (RESULTS / r.name / "train.json").exists()]
+    else:
+        runs_to_do = runs
     if a.only != "report":
         with ThreadPoolExecutor(a.jobs) as pool:
-            for name in pool.map(lambda r: execute(r, a), runs):
+            for name in pool.map(lambda r: execute(r, a), runs_to_do):
                 print(f"done: {name}", flush=True)
     if a.only != "runs":
         print(report(runs, a))
