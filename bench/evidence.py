@@ -120,9 +120,9 @@ def _load(run: Run) -> dict | None:
     hist = train.get("log_history", [])
     runtime = next((h["train_runtime"] for h in hist if "train_runtime" in h), None)
     steps = train.get("global_step") or 1
-    curve = [(h["step"], h["eval_recall@1"]) for h in hist if "eval_recall@1" in h]
-    if "before_recall@1" in str(hist):
-        curve = [(0, next(h["before_recall@1"] for h in hist if "before_recall@1" in h))] + curve
+    points = {0: train["untrained"]["recall@1"]} if "recall@1" in train.get("untrained", {}) else {}
+    points.update({h["step"]: h["eval_recall@1"] for h in hist if "eval_recall@1" in h})  # the last at the end
+    curve = sorted(points.items())
     return {**ev, "sec_per_step": float(runtime) / steps if runtime else None, "steps": steps,
             "wall_seconds": train.get("driver_wall_seconds", 0) + ev.get("wall_seconds", 0),
             "final_c": train.get("curvature"), "curve": curve}

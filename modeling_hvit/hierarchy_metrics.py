@@ -84,13 +84,21 @@ def embedding_radius(embeddings: Any, geometry: str = "poincare", curvature: flo
     return norm
 
 
+RADIUS_NOISE = 1e-4  # relative spread under which a radius counts as constant (float32 rounding at the clip)
+
+
 def radius_correct_correlation(radius: Any, correct: Any) -> float:
     """Pearson correlation of a radius per item with a 0/1 "top-1 neighbour is right" per item (the
-    point-biserial correlation), in float64; NaN when either is constant (no correlation defined)."""
+    point-biserial correlation), in float64; NaN when either is constant (no correlation defined). A radius
+    whose spread is below ``RADIUS_NOISE`` of its largest value counts as constant: with the paper's clip
+    radius every embedding of a trained model can sit at the clip (radius 2r), and the float32 rounding left
+    is not a signal to correlate."""
     r = np.asarray(radius, dtype=np.float64)
     y = np.asarray(correct, dtype=np.float64)
     if r.shape != y.shape or r.ndim != 1:
         raise ValueError(f"radius and correct must be 1-d of equal length, got {r.shape} and {y.shape}")
+    if r.size and r.std() <= RADIUS_NOISE * np.abs(r).max():
+        return float("nan")
     r, y = r - r.mean(), y - y.mean()
     denom = math.sqrt(math.fsum(r * r) * math.fsum(y * y))
     return math.fsum(r * y) / denom if denom > 0 else float("nan")

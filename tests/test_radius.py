@@ -44,6 +44,25 @@ def test_correlation_undefined_or_malformed():
         radius_correct_correlation([1.0, 2.0], [1, 0, 1])
 
 
+def test_every_point_at_the_clip_radius_is_no_signal():
+    """A trained Hyp- model with the paper's r = 2.3 can put every embedding at the clip: radius 2r up to float32
+    rounding. That rounding must not be reported as a correlation (it was: r ≈ ±0.02 of pure noise)."""
+    c, r_clip, n = 0.1, 2.3, 400
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy(rng.normal(size=(n, 16))).float()
+    z = z / z.norm(dim=-1, keepdim=True) * r_clip  # every feature clipped
+    from modeling_hvit.hyperbolic import expmap0
+
+    radius = embedding_radius(expmap0(z, c), "poincare", c)
+    assert float(radius.std()) > 0  # float32 rounding leaves a spread...
+    correct = rng.random(n) < 0.5
+    correct[np.argsort(np.asarray(radius))[n // 2:]] ^= True  # ...even one that would correlate
+    assert math.isnan(radius_correct_correlation(radius, correct))
+    assert radius_metrics(expmap0(z, c), np.repeat(np.arange(n // 4), 4), "poincare", c) == {}
+    spread = np.linspace(4.0, 4.6, n)  # a genuine spread still counts
+    assert not math.isnan(radius_correct_correlation(spread, correct))
+
+
 def test_radius_per_geometry_is_the_textbook_distance_to_the_origin():
     c = 0.3
     rng = np.random.default_rng(0)
