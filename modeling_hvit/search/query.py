@@ -162,7 +162,7 @@ def _one_thread_if(condition: bool):
 def _semantic_search(q: torch.Tensor, c: "_Corpus", k: int, refine: int, query_chunk_size: int) -> list[list[dict]]:
     n = c.emb.shape[0]
     exact = c.vectors.exact
-    n_cand = min(n, max(2 * k + 8, 64) if exact else max(refine * k, k))
+    n_cand = min(n, 2 * k + 8 if exact else max(refine * k, k))
     gf_absmax = c.gallery_absmax() if exact and n_cand < n else None
     results = []
     for a in range(0, q.shape[0], query_chunk_size):
