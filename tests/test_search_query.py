@@ -154,3 +154,14 @@ def test_many_queries_split_over_threads_equal_brute_force():
     assert [[h["corpus_id"] for h in r] for r in hits] == order[:, :10].tolist()
     # the float32 candidates hold every true top-10 item
     assert all(set(order[r, :10]) <= set(got[r].tolist()) for r in range(len(queries)))
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "sphere", "euclidean"])
+def test_features_in_blocks_equal_one_block(geometry, monkeypatch):
+    from modeling_hvit.search import scoring
+
+    x = random_points(50, 6, geometry, seed=9)
+    whole = {side: scoring.features(x, geometry, C, side) for side in ("gallery", "query")}
+    monkeypatch.setattr(scoring, "FEATURE_BLOCK", 7)  # 8 blocks, the last one short
+    for side, want in whole.items():
+        torch.testing.assert_close(scoring.features(x, geometry, C, side), want, rtol=0, atol=0)

@@ -61,7 +61,9 @@ class _Corpus:
         if self._absmax is None:
             owner = self.index if self.index is not None else self
             if getattr(owner, "_gallery_absmax", None) is None:
-                owner._gallery_absmax = self.gallery_features().abs().amax(0)
+                # a flat index stores exactly the float32 gallery features: no second copy for the bound
+                rows = self.vectors.torch_matrix() if self.vectors.exact else self.gallery_features()
+                owner._gallery_absmax = rows.abs().amax(0)
             self._absmax = owner._gallery_absmax
         return self._absmax
 

@@ -30,6 +30,7 @@ __all__ = ["distance", "features", "distance_to_raw", "dot_error_factor", "score
            "range_candidates"]
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
+FEATURE_BLOCK = 65536  # rows per block of ``features`` (its float64 work copy: ≤ 65536 · (dim + 1) · 8 bytes)
 
 
 def features(x: torch.Tensor, geometry: str, curvature: float | None, side: str) -> torch.Tensor:
@@ -37,6 +38,9 @@ def features(x: torch.Tensor, geometry: str, curvature: float | None, side: str)
     returned in x's dtype (≥ float32), so float32 features are correctly rounded (the error bound of
     ``dot_error_factor`` counts on it); the ball margin of the lift is float64's 1e-5, not 4e-3."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if x.shape[0] > FEATURE_BLOCK:  # large galleries in blocks: the float64 work copy stays small
+        return torch.cat([features(x[a:a + FEATURE_BLOCK], geometry, curvature, side)
+                          for a in range(0, x.shape[0], FEATURE_BLOCK)])
     x = x.double()
     if geometry == "poincare":
         out = lorentz_query(x, curvature) if side == "query" else to_lorentz(x, curvature)
