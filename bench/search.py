@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--n-approx", type=int, default=1_000_000)
     ap.add_argument("--approx-kinds", default="ivf", help="comma list of ivf, hnsw")
     ap.add_argument("--nlist", type=int, default=1024, help="IVF lists")
-    ap.add_argument("--nprobe", type=int, default=32, help="IVF lists searched")
+    ap.add_argument("--nprobe", type=int, default=16, help="IVF lists searched")
     ap.add_argument("--hnsw-m", type=int, default=16)
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--n-dedup", type=int, default=100_000)
