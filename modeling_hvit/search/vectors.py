@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .scoring import features
+from .scoring import features, one_torch_thread
 
 KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 
@@ -157,19 +157,20 @@ class VectorIndex:
         """(scores, indices) of ``n_cand`` candidates per query, higher = closer (−L2² for L2 indexes);
         index −1 marks a missing candidate (approximate indexes)."""
         n_cand = min(n_cand, self.ntotal)
-        q = self.query_vectors(q_emb)
+        workers = torch.get_num_threads()
+        with one_torch_thread():
+            q = self.query_vectors(q_emb)
         if not self.use_faiss:
             from .scoring import exact_topk
 
             return exact_topk(torch.from_numpy(q), self.torch_matrix(), n_cand)
         self._configure_search(n_cand)
-        d, i = self._search_threads(q, n_cand)
+        d, i = self._search_threads(q, n_cand, workers)
         d, i = torch.from_numpy(d), torch.from_numpy(i)
         return (d if self._metric_is_ip() else -d), i
 
-    def _search_threads(self, q: np.ndarray, n_cand: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search with single-threaded OpenMP, the queries split over up to ``torch.get_num_threads()``
-        Python threads (FAISS releases the GIL; its indexes are safe for concurrent searches). OpenMP
+    def _search_threads(self, q: np.ndarray, n_cand: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search with single-threaded OpenMP, the queries split over up to ``threads`` Python threads (FAISS releases the GIL; its indexes are safe for concurrent searches). OpenMP
         teams spin-wait at their barriers, which on a busy CPU cost more than the work (measured: 1,000
         queries on 100k: 0.34 CPU-s with one thread, 1.6 with two); independent threads never wait.
         FAISS's flat search switches from a scan per query to a matrix product at 128,000 / dim
@@ -177,7 +178,7 @@ class VectorIndex:
         0.35 CPU-ms per query at 256 queries on 100k); so the switch is lowered to 8 queries here."""
         import faiss
 
-        workers = max(1, min(torch.get_num_threads(), len(q) // 32))
+        workers = max(1, min(threads, len(q) // 32))
         before, blas = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
         faiss.omp_set_num_threads(1)
         faiss.cvar.distance_compute_blas_threshold = 8 * q.shape[1]
