@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scoring import distance, dot_error_factor, features
+from .scoring import distance, dot_error_factor, features, one_torch_thread
 
 __all__ = ["DuplicateReport", "distance_histogram", "duplicate_groups", "duplicate_mining", "format_histogram",
            "write_groups_csv"]
@@ -105,25 +105,26 @@ def duplicate_mining(corpus: Any, max_distance: float, *, geometry: str | None =
         for c in range(a, n, col_block):
             d = min(c + col_block, n)
             s = torch.mm(A[a:b], B[c:d].T, out=buf[: m * (d - c)].view(m, d - c))
-            if c == a:  # the block on the diagonal: keep only column > row
-                s[:, :m].masked_fill_(lower[:m, :m], -torch.inf)
-            # nearest neighbours: max values in one pass each way; a row's argmax only where its best
-            # improves (all rows at first, few later on)
-            row_max = s.amax(1)
-            rows = torch.nonzero(row_max > nn_val[a:b]).flatten()
-            if len(rows):
-                nn_val[a + rows] = row_max[rows]
-                nn_idx[a + rows] = (s.argmax(1)[rows] if 4 * len(rows) > m else s[rows].argmax(1)) + c
-            v = s.amax(0)
-            cols = torch.nonzero(v > nn_val[c:d]).flatten()
-            if len(cols):  # a column-wise argmax is a strided pass: only note the row block (resolved below)
-                nn_val[c + cols] = v[cols]
-                nn_idx[c + cols] = -2 - a
-            rows = torch.nonzero(row_max >= thr).flatten()  # pairs are rare: look only at rows that have one
-            if len(rows):
-                qi, gj = torch.nonzero(s[rows] >= thr, as_tuple=True)
-                cand_i.append(rows[qi] + a)
-                cand_j.append(gj + c)
+            with one_torch_thread():  # memory-bound passes: a second thread mostly spins on a busy CPU
+                if c == a:  # the block on the diagonal: keep only column > row
+                    s[:, :m].masked_fill_(lower[:m, :m], -torch.inf)
+                # nearest neighbours: max values in one pass each way; a row's argmax only where its best
+                # improves (all rows at first, few later on)
+                row_max = s.amax(1)
+                rows = torch.nonzero(row_max > nn_val[a:b]).flatten()
+                if len(rows):
+                    nn_val[a + rows] = row_max[rows]
+                    nn_idx[a + rows] = (s.argmax(1)[rows] if 4 * len(rows) > m else s[rows].argmax(1)) + c
+                v = s.amax(0)
+                cols = torch.nonzero(v > nn_val[c:d]).flatten()
+                if len(cols):  # a column-wise argmax is a strided pass: only note the row block (resolved below)
+                    nn_val[c + cols] = v[cols]
+                    nn_idx[c + cols] = -2 - a
+                rows = torch.nonzero(row_max >= thr).flatten()  # pairs are rare: look only at rows that have one
+                if len(rows):
+                    qi, gj = torch.nonzero(s[rows] >= thr, as_tuple=True)
+                    cand_i.append(rows[qi] + a)
+                    cand_j.append(gj + c)
         if bar is not None:
             bar.update(1)
     if bar is not None:
