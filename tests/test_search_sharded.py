@@ -75,7 +75,7 @@ def test_sharded_path_one_process_equals_plain_build(tmp_path, embedder):
     assert_same_index(got, want)
 
 
-@pytest.mark.parametrize("rerun", ["sharded", "one_process"])
+@pytest.mark.parametrize("rerun", ["sharded", "sharded_gap", "one_process"])
 def test_interrupted_sharded_build_resumes_in_order(tmp_path, embedder, rerun):
     paths = write_images(tmp_path / "imgs", 17)
     want = HViTIndex.build(tmp_path / "imgs", tmp_path / "one", embedder=embedder, shard_size=4, batch_size=2)
@@ -87,10 +87,14 @@ def test_interrupted_sharded_build_resumes_in_order(tmp_path, embedder, rerun):
     assert not list((ix / "table").glob("shard-*.arrow"))  # nothing merged yet
     with pytest.raises(RuntimeError, match="did not finish"):
         HViTIndex.load(ix)
+    if rerun == "sharded_gap":  # as when another rank finished chunk 1 but not chunk 0
+        for p in (ix / PARTS_DIR).glob("shard-00000.*"):
+            p.unlink()
     counting = FailAfter(embedder, 10**9)
     got = HViTIndex.build(tmp_path / "imgs", ix, embedder=_like(embedder, counting), shard_size=4, batch_size=2,
-                          distributed=rerun == "sharded")
-    assert counting.calls == 5  # only the 9 missing images (5 batches of ≤ 2) were embedded again
+                          distributed=rerun != "one_process")
+    # only the missing images were embedded again: 9 (5 batches of ≤ 2), 13 with chunk 0 removed (7)
+    assert counting.calls == (7 if rerun == "sharded_gap" else 5)
     assert sorted(got.ids) == sorted(str(p.resolve()) for p in paths)  # each image exactly once
     assert_same_index(got, want)  # and in the uninterrupted order
 

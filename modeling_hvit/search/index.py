@@ -19,8 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +29,15 @@ import torch
 from .embedder import Embedder
 from .sharding import Plan, ProcessGroup, adopt_parts, launched_world_size, parts_table, prepare_plan
 from .sources import IMAGE_EXTENSIONS, Item, items_from
-from .store import FORMAT, FORMAT_VERSION, Manifest, ShardTable, embeddings_of, json_or_none, writer_lock
+from .store import FORMAT, FORMAT_VERSION, Manifest, ShardTable, embeddings_of, writer_lock
 from .vectors import IndexFileError, VectorIndex, faiss_available
+from .writer import ChunkEmbedder, IndexMismatchError
 
 logger = logging.getLogger(__name__)
 
 VECTOR_FILE = "vectors.faiss"
 
 __all__ = ["HViTIndex", "IndexMismatchError"]
-
-
-class IndexMismatchError(ValueError):
-    """The index was built with another model, geometry, curvature or preprocessing."""
 
 
 def _version() -> str:
@@ -217,7 +213,7 @@ class HViTIndex:
             raise ValueError(f"{source if not isinstance(source, list) else 'the list'}: no images to index "
                              f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
         index_dir.mkdir(parents=True, exist_ok=True)
-        job = _Job(embedder, batch_size, shard_size, metadata, progress, index_dir)
+        job = ChunkEmbedder(embedder, batch_size, shard_size, metadata, progress, index_dir)
         if distributed or (distributed is None and launched_world_size() > 1):
             return cls._write_sharded(index_dir, items, job, create, use_faiss, ProcessGroup())
         with writer_lock(index_dir):
@@ -239,7 +235,7 @@ class HViTIndex:
             return cls._finish(index_dir, manifest, shards, use_faiss)
 
     @classmethod
-    def _write_sharded(cls, index_dir: Path, items: list[Item], job: "_Job", create: dict | None,
+    def _write_sharded(cls, index_dir: Path, items: list[Item], job: ChunkEmbedder, create: dict | None,
                        use_faiss: bool | None, group: ProcessGroup) -> "HViTIndex":
         """Several processes (``sharding.py``): rank 0 locks and plans, every rank embeds its chunks
         into parts, rank 0 merges them and builds the vector index; the others then open the result.
@@ -428,61 +424,3 @@ def _vector_index(manifest: dict, use_faiss: bool | None) -> VectorIndex:
     return VectorIndex(manifest["geometry"], manifest.get("curvature"), manifest["dim"], manifest["index"]["kind"],
                        use_faiss=use_faiss, **opts)
 
-
-@dataclass
-class _Job:
-    """What every writer (one process or one rank) does to a chunk of items."""
-
-    embedder: Embedder
-    batch_size: int
-    shard_size: int
-    metadata: dict[str, dict] | None
-    progress: bool
-    index_dir: Path
-
-    @contextmanager
-    def bar(self, total: int, show: bool = True):
-        bar = None
-        if self.progress and show:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc=f"indexing {self.index_dir.name}", unit="img")
-        try:
-            yield bar
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def embed(self, chunk: list[Item], bar) -> tuple[dict[str, list], np.ndarray | None, list[dict]]:
-        """(rows, embeddings or None when nothing was readable, skipped items) of one chunk."""
-        rows = {"id": [], "path": [], "label": [], "metadata": []}
-        embs, skipped = [], []
-        for b0 in range(0, len(chunk), self.batch_size):
-            batch = chunk[b0:b0 + self.batch_size]
-            emb, ok, bad = self.embedder.embed_items(batch)
-            for i in ok:
-                it = batch[i]
-                rows["id"].append(it.id)
-                rows["path"].append(it.path)
-                rows["label"].append(it.label)
-                rows["metadata"].append(json_or_none({**it.metadata, **((self.metadata or {}).get(it.id) or {})}))
-            if len(ok):
-                embs.append(emb.numpy())
-            skipped += [{"id": batch[i].id, "path": batch[i].path, "reason": why} for i, why in bad]
-            for _, why in bad:
-                logger.warning("skipped: %s", why)
-            if bar is not None:
-                bar.update(len(batch))
-        emb = np.concatenate(embs) if embs else None
-        if emb is not None and len({e.shape[1] for e in embs}) > 1:
-            raise IndexMismatchError(f"{self.index_dir}: embed_fn returned rows of dims {sorted({e.shape[1] for e in embs})}")
-        return rows, emb, skipped
-
-    def array(self, emb: np.ndarray | None, manifest: dict) -> np.ndarray:
-        """The shard's embedding array, checked against the index's dim (an empty one when none)."""
-        dim = manifest.get("dim")
-        if emb is None:
-            return np.zeros((0, dim or 1), np.float32)
-        if dim is not None and emb.shape[1] != dim:
-            raise IndexMismatchError(f"{self.index_dir}: embeddings of dim {emb.shape[1]}, the index holds dim {dim}")
-        return emb
