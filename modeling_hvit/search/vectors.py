@@ -170,8 +170,9 @@ class VectorIndex:
         return (d if self._metric_is_ip() else -d), i
 
     def _search_threads(self, q: np.ndarray, n_cand: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search with single-threaded OpenMP, the queries split over up to ``threads`` Python threads (FAISS releases the GIL; its indexes are safe for concurrent searches). OpenMP
-        teams spin-wait at their barriers, which on a busy CPU cost more than the work (measured: 1,000
+        """FAISS search with single-threaded OpenMP, the queries split over up to ``threads`` Python
+        threads (FAISS releases the GIL; its indexes are safe for concurrent searches). OpenMP teams
+        spin-wait at their barriers, which on a busy CPU cost more than the work (measured: 1,000
         queries on 100k: 0.34 CPU-s with one thread, 1.6 with two); independent threads never wait.
         FAISS's flat search switches from a scan per query to a matrix product at 128,000 / dim
         queries per call (1,000 for 128-d), 10x cheaper per query from 8 queries on (measured 3.4 →
