@@ -76,3 +76,14 @@ def test_calibrated_threshold_finds_edited_copies(tmp_path):
     caught = sum(group_of.get(str(p.resolve()), -1) == group_of.get(str((copies / f"{p.stem}_copy.png").resolve()), -2)
                  for p in files[20:30])
     assert caught >= 9  # ≥ 90% of 10 held-out copies (the calibration targets 99% of its own edits)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 130, 257])
+def test_nearest_neighbours_small_and_uneven_blocks(n):
+    """Block edges (n not a multiple of the blocks, a single item, the neighbour found as a column)."""
+    x = random_points(n, 6, "poincare", seed=n)
+    rep = duplicate_mining(x, 0.0, geometry="poincare", curvature=C, row_block=64, col_block=128)
+    ref = brute_distances(x.numpy(), x.numpy(), "poincare")
+    np.fill_diagonal(ref, np.inf)
+    np.testing.assert_allclose(rep.nn_distance, ref.min(1), rtol=1e-6, atol=1e-9)
+    assert (rep.nn_index != np.arange(n)).all()

@@ -264,3 +264,35 @@ def test_export_parquet_lifted_vectors_rank_by_inner_product(tmp_path, model):
     q = features(index.embeddings[:3].double(), "poincare", 0.1, "query").numpy()
     ref = brute_distances(index.embeddings[:3].numpy(), index.embeddings.numpy(), "poincare")
     assert (np.argsort(-(q @ vectors.T), 1) == np.argsort(ref, 1)).all()
+
+
+def _pixels_embed(scale: float):
+    """embed_fn for tests: 16 of each image's pixels, centred (distinct random points per image)."""
+    def embed(images):
+        return torch.tensor(np.stack([np.asarray(im, dtype=np.float32).reshape(-1)[:16] / 255 - 0.5
+                                      for im in images]) * scale)
+    return embed
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "sphere", "euclidean"])
+def test_cli_export_parquet_ranks_by_inner_product_like_the_distance(tmp_path, geometry):
+    import pyarrow.parquet as pq
+
+    from modeling_hvit.search.cli import index_main
+    from modeling_hvit.search.scoring import features
+    from test_search_query import brute_distances
+
+    paths = write_images(tmp_path / "imgs", 30)
+    index = HViTIndex.build(paths, tmp_path / "ix", embed_fn=_pixels_embed(0.5), geometry=geometry,
+                            curvature=0.1 if geometry == "poincare" else None)
+    assert index_main(["export", str(tmp_path / "ix"), str(tmp_path / "v.parquet")]) == 0
+    assert index_main(["export", str(tmp_path / "ix"), str(tmp_path / "raw.parquet"), "--raw"]) == 0
+    table = pq.read_table(tmp_path / "v.parquet")
+    assert table.column_names == ["id", "path", "label", "vector"] and table.column("id").to_pylist() == index.ids
+    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float64)
+    raw = np.asarray(pq.read_table(tmp_path / "raw.parquet").column("vector").to_pylist(), dtype=np.float32)
+    np.testing.assert_array_equal(raw, index.embeddings.numpy())
+    q = index.embeddings[:6]
+    qf = features(q.double(), geometry, index.curvature, "query").numpy()
+    want = np.argsort(brute_distances(q.numpy(), raw, geometry), 1, kind="stable")
+    assert (np.argsort(-(qf @ vectors.T), 1, kind="stable") == want).all()

@@ -131,3 +131,37 @@ def test_exact_topk_below_float32_resolution(geometry):
     ref = brute_distances(q.numpy(), gallery.numpy(), geometry)[0]
     hits = semantic_search(q, gallery, top_k=10, geometry=geometry, curvature=C)[0]
     assert [h["corpus_id"] for h in hits] == np.lexsort((np.arange(len(gallery)), ref))[:10].tolist()
+
+
+@pytest.mark.skipif(not faiss_available(), reason="needs faiss")
+def test_many_queries_split_over_threads_equal_brute_force():
+    """Batches go to FAISS's matrix-product path, split over Python threads: same result as brute force."""
+    from modeling_hvit.search.vectors import VectorIndex
+
+    gallery = random_points(3000, 16, "poincare", seed=5)
+    queries = torch.cat([random_points(190, 16, "poincare", seed=6), gallery[:10]])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # 3 workers of 66-67 queries each (even on a 1-thread test run)
+    try:
+        vec = VectorIndex("poincare", C, 16, "flat", use_faiss=True)
+        vec.add(gallery)
+        _, got = vec.candidates(queries, 28)
+        hits = semantic_search(queries, gallery, top_k=10, geometry="poincare", curvature=C)
+    finally:
+        torch.set_num_threads(threads)
+    ref = brute_distances(queries.numpy(), gallery.numpy(), "poincare")
+    order = np.lexsort((np.broadcast_to(np.arange(len(gallery)), ref.shape), ref), axis=1)
+    assert [[h["corpus_id"] for h in r] for r in hits] == order[:, :10].tolist()
+    # the float32 candidates hold every true top-10 item
+    assert all(set(order[r, :10]) <= set(got[r].tolist()) for r in range(len(queries)))
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "sphere", "euclidean"])
+def test_features_in_blocks_equal_one_block(geometry, monkeypatch):
+    from modeling_hvit.search import scoring
+
+    x = random_points(50, 6, geometry, seed=9)
+    whole = {side: scoring.features(x, geometry, C, side) for side in ("gallery", "query")}
+    monkeypatch.setattr(scoring, "FEATURE_BLOCK", 7)  # 8 blocks, the last one short
+    for side, want in whole.items():
+        torch.testing.assert_close(scoring.features(x, geometry, C, side), want, rtol=0, atol=0)

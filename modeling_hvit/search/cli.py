@@ -57,6 +57,11 @@ def index_parser() -> argparse.ArgumentParser:
     a.add_argument("source", help="Folder, .txt file list, image, hub:org/name or a saved dataset folder.")
     _model_arg(a, required=False)
     _source_args(a)
+    e = sub.add_parser("export", help="Write the vectors as Parquet (id, path, label, vector) for a vector database.")
+    e.add_argument("index", help="Index folder.")
+    e.add_argument("output", help="Parquet file to write.")
+    e.add_argument("--raw", action="store_true", help="The embeddings as stored (ball points for poincare) "
+                   "instead of the lifted gallery vectors that rank by inner product.")
     return p
 
 
@@ -71,7 +76,18 @@ def _model_for(args, index_dir: str | None):
             raise ValueError(f"{index_dir}: the manifest records no model id; pass --model")
     from .embedder import Embedder
 
-    return Embedder.from_model(model, device=args.device)
+    device = args.device
+    if device is None and _world_size() > 1:  # accelerate launch: each process on its own device
+        from .sharding import ProcessGroup
+
+        device = ProcessGroup().device
+    return Embedder.from_model(model, device=device)
+
+
+def _world_size() -> int:
+    from .sharding import launched_world_size
+
+    return launched_world_size()
 
 
 def _run(parser: argparse.ArgumentParser, fn, args) -> int:
@@ -85,6 +101,13 @@ def _run(parser: argparse.ArgumentParser, fn, args) -> int:
 def _index(args) -> int:
     from .index import HViTIndex
 
+    if args.action == "export":
+        index = HViTIndex.load(args.index)
+        path = index.export_parquet(args.output, lifted=not args.raw)
+        what = "embeddings" if args.raw else (f"gallery vectors ({index.geometry}; search them by inner product "
+                                              "with scoring.features(q, side='query'))")
+        print(f"{path}: {len(index)} rows of {what}")
+        return 0
     kw = dict(batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.no_progress,
               labels_from_folders=args.labels_from_folders, split=args.split, image_column=args.image_column,
               label_column=args.label_column)
@@ -96,8 +119,14 @@ def _index(args) -> int:
     else:
         index = HViTIndex.add(args.index, args.source, embedder=_model_for(args, args.index), **kw)
     m = index.manifest
+    world = _world_size()
+    from .sharding import process_rank
+
+    if world > 1 and process_rank() != 0:
+        return 0  # rank 0 reports
     print(f"{args.index}: {m['count']} images ({m['index']['kind']}, {m['geometry']}"
-          f"{'' if m.get('curvature') is None else ', c=' + str(m['curvature'])}); {m['skipped']} skipped")
+          f"{'' if m.get('curvature') is None else ', c=' + str(m['curvature'])}); {m['skipped']} skipped"
+          f"{f'; embedded by {world} processes' if world > 1 else ''}")
     for s in m.get("skipped_items", [])[:20]:
         print(f"  skipped: {s['reason']}")
     return 0

@@ -6,6 +6,9 @@ commits a shard every ``shard_size`` items, then (re)builds the vector index; ``
 on an existing index. Both resume: rerun after an interruption and every image ends up in the
 table exactly once (items are keyed by id; ids already present are never embedded again).
 Unreadable images are skipped, counted and listed (``skipped``), and retried by the next run.
+Under ``accelerate launch`` (or any process group of several ranks) the work is shared: each rank
+embeds its chunks and rank 0 merges them into the one index a single process would have built
+(``sharding.py``).
 An index only accepts additions and image queries from the model it was built with: the
 manifest's fingerprint (weights, config, preprocessing), geometry and curvature must match.
 """
@@ -15,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +27,17 @@ import numpy as np
 import torch
 
 from .embedder import Embedder
+from .sharding import Plan, ProcessGroup, adopt_parts, launched_world_size, parts_table, prepare_plan
 from .sources import IMAGE_EXTENSIONS, Item, items_from
-from .store import FORMAT, FORMAT_VERSION, Manifest, ShardTable, embeddings_of, json_or_none, writer_lock
+from .store import FORMAT, FORMAT_VERSION, Manifest, ShardTable, embeddings_of, writer_lock
 from .vectors import IndexFileError, VectorIndex, faiss_available
+from .writer import ChunkEmbedder, IndexMismatchError
 
 logger = logging.getLogger(__name__)
 
 VECTOR_FILE = "vectors.faiss"
 
 __all__ = ["HViTIndex", "IndexMismatchError"]
-
-
-class IndexMismatchError(ValueError):
-    """The index was built with another model, geometry, curvature or preprocessing."""
 
 
 def _version() -> str:
@@ -188,7 +190,8 @@ class HViTIndex:
 
         Keywords: ``batch_size`` (32), ``shard_size`` (1024 items per committed shard),
         ``progress`` (tqdm), ``labels_from_folders``, ``split`` / ``image_column`` / ``label_column``
-        (datasets), ``max_skipped_fraction`` (1.0: stop if more than this fraction is unreadable).
+        (datasets), ``distributed`` (None: share the work between the processes of an
+        ``accelerate launch`` / initialised process group when there are several; see ``sharding.py``).
         """
         Manifest.read(index_dir)  # must exist
         embed_kw = {k: kwargs.pop(k) for k in ("geometry", "curvature", "device", "fingerprint", "model_id")
@@ -201,7 +204,7 @@ class HViTIndex:
                batch_size: int = 32, shard_size: int = 1024, progress: bool = False,
                labels_from_folders: bool = False, split: str | None = None, image_column: str = "image",
                label_column: str | None = "label", metadata: dict[str, dict] | None = None,
-               use_faiss: bool | None = None) -> "HViTIndex":
+               use_faiss: bool | None = None, distributed: bool | None = None) -> "HViTIndex":
         if batch_size < 1 or shard_size < 1:
             raise ValueError(f"batch_size and shard_size must be ≥ 1, got {batch_size}, {shard_size}")
         items = items_from(source, split=split, image_column=image_column, label_column=label_column,
@@ -210,27 +213,105 @@ class HViTIndex:
             raise ValueError(f"{source if not isinstance(source, list) else 'the list'}: no images to index "
                              f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
         index_dir.mkdir(parents=True, exist_ok=True)
+        job = ChunkEmbedder(embedder, batch_size, shard_size, metadata, progress, index_dir)
+        if distributed or (distributed is None and launched_world_size() > 1):
+            return cls._write_sharded(index_dir, items, job, create, use_faiss, ProcessGroup())
         with writer_lock(index_dir):
             manifest = cls._start(index_dir, embedder, create, use_faiss)
+            adopt_parts(index_dir)  # parts of an interrupted multi-process run: committed, not redone
             shards = ShardTable(index_dir)
             shards.clean()
             done = shards.ids()
             pending = [it for it in items if it.id not in done]
             number = shards.next_number()
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(pending), desc=f"indexing {index_dir.name}", unit="img")
-            try:
+            with job.bar(len(pending)) as bar:
                 for s0 in range(0, len(pending), shard_size):
-                    chunk = pending[s0:s0 + shard_size]
-                    cls._write_shard(shards, number, chunk, embedder, batch_size, manifest, index_dir, metadata, bar)
+                    rows, emb, skipped = job.embed(pending[s0:s0 + shard_size], bar)
+                    if emb is not None and manifest.get("dim") is None:
+                        manifest["dim"] = emb.shape[1]
+                        manifest.write(index_dir)
+                    shards.write(number, rows, job.array(emb, manifest), skipped)
                     number += 1
-            finally:
-                if bar is not None:
-                    bar.close()
             return cls._finish(index_dir, manifest, shards, use_faiss)
+
+    @classmethod
+    def _write_sharded(cls, index_dir: Path, items: list[Item], job: ChunkEmbedder, create: dict | None,
+                       use_faiss: bool | None, group: ProcessGroup) -> "HViTIndex":
+        """Several processes (``sharding.py``): rank 0 locks and plans, every rank embeds its chunks
+        into parts, rank 0 merges them and builds the vector index; the others then open the result.
+        A failure on any rank raises on every rank (no rank is left waiting)."""
+        rank, failure = group.rank, None
+
+        def outcome(fn):
+            nonlocal failure
+            try:
+                return "ok", fn()
+            except Exception as err:  # reported to every rank, re-raised below
+                failure = err
+                return "error", f"rank {rank}: {type(err).__name__}: {err}"
+
+        def raise_first(reports: list[tuple[str, Any]]):
+            errors = [msg for status, msg in reports if status == "error"]
+            if failure is not None:
+                raise failure
+            if errors:
+                raise RuntimeError(f"{index_dir}: another process failed ({errors[0]}); rerun to resume")
+
+        with ExitStack() as stack:
+            manifest = None
+            if rank == 0:
+                def prepare():
+                    nonlocal manifest
+                    stack.enter_context(writer_lock(index_dir))
+                    manifest = cls._start(index_dir, job.embedder, create, use_faiss)
+                    ShardTable(index_dir).clean()
+                    return prepare_plan(index_dir, [it.id for it in items], job.shard_size)
+                prepared = outcome(prepare)
+            prepared = group.broadcast(prepared if rank == 0 else None)
+            raise_first([prepared])
+            plan: Plan = prepared[1]
+
+            def embed_share():
+                nonlocal manifest
+                if rank != 0:
+                    manifest = Manifest.read(index_dir)
+                    check_compatible(manifest, job.embedder, f"{index_dir} (process {rank})")
+                done = ShardTable(index_dir).ids()
+                pending = [it for it in items if it.id not in done]
+                if Plan.of([it.id for it in pending], plan.base, plan.shard_size) != plan:
+                    raise ValueError(f"{index_dir}: process {rank} sees {len(pending)} images to index, process 0 "
+                                     f"sees {plan.count}; every process must see the same images and index folder")
+                parts = parts_table(index_dir)
+                finished = {parts.number(p) for p in parts.shard_paths()}
+                todo = [j for j in range(plan.chunks) if j % group.world == rank and j not in finished]
+                dims = set()
+                with job.bar(sum(len(pending[j * plan.shard_size:(j + 1) * plan.shard_size]) for j in todo),
+                             show=rank == 0) as bar:
+                    for j in todo:
+                        rows, emb, skipped = job.embed(pending[j * plan.shard_size:(j + 1) * plan.shard_size], bar)
+                        if emb is not None:
+                            dims.add(emb.shape[1])
+                        parts.write(j, rows, job.array(emb, manifest), skipped)
+                return sorted(dims)
+
+            reports = group.all_gather(outcome(embed_share))
+            raise_first(reports)
+            dims = {d for _, ds in reports for d in ds} | ({manifest["dim"]} if manifest.get("dim") else set())
+            if len(dims) > 1:
+                raise IndexMismatchError(f"{index_dir}: embeddings of dims {sorted(dims)}; one model gives one dim")
+            result = None
+            if rank == 0:
+                def merge():
+                    if dims and manifest.get("dim") is None:
+                        manifest["dim"] = dims.pop()
+                        manifest.write(index_dir)
+                    adopt_parts(index_dir)
+                    return cls._finish(index_dir, manifest, ShardTable(index_dir), use_faiss)
+                merged = outcome(merge)
+                result = merged[1] if merged[0] == "ok" else None
+            merged = group.broadcast((merged[0], None if merged[0] == "ok" else merged[1]) if rank == 0 else None)
+        raise_first([merged])
+        return result if rank == 0 else cls.load(index_dir, use_faiss=use_faiss)
 
     @staticmethod
     def _start(index_dir: Path, embedder: Embedder, create: dict | None, use_faiss: bool | None) -> Manifest:
@@ -252,37 +333,6 @@ class HViTIndex:
         manifest["complete"] = False
         manifest.write(index_dir)
         return manifest
-
-    @staticmethod
-    def _write_shard(shards: ShardTable, number: int, chunk: list[Item], embedder: Embedder, batch_size: int,
-                     manifest: Manifest, index_dir: Path, metadata: dict | None, bar) -> None:
-        rows = {"id": [], "path": [], "label": [], "metadata": []}
-        embs, skipped = [], []
-        for b0 in range(0, len(chunk), batch_size):
-            batch = chunk[b0:b0 + batch_size]
-            emb, ok, bad = embedder.embed_items(batch)
-            for i in ok:
-                it = batch[i]
-                rows["id"].append(it.id)
-                rows["path"].append(it.path)
-                rows["label"].append(it.label)
-                rows["metadata"].append(json_or_none({**it.metadata, **((metadata or {}).get(it.id) or {})}))
-            if len(ok):
-                embs.append(emb.numpy())
-            skipped += [{"id": batch[i].id, "path": batch[i].path, "reason": why} for i, why in bad]
-            for _, why in bad:
-                logger.warning("skipped: %s", why)
-            if bar is not None:
-                bar.update(len(batch))
-        if embs:
-            dim = embs[0].shape[1]
-            if manifest.get("dim") is None:
-                manifest["dim"] = dim
-                manifest.write(index_dir)
-            elif manifest["dim"] != dim:
-                raise IndexMismatchError(f"{index_dir}: embeddings of dim {dim}, the index holds dim {manifest['dim']}")
-        dim = manifest.get("dim") or 1
-        shards.write(number, rows, np.concatenate(embs) if embs else np.zeros((0, dim), np.float32), skipped)
 
     @staticmethod
     def _finish(index_dir: Path, manifest: Manifest, shards: ShardTable, use_faiss: bool | None) -> "HViTIndex":
@@ -373,3 +423,4 @@ def _vector_index(manifest: dict, use_faiss: bool | None) -> VectorIndex:
     opts = {k: v for k, v in manifest["index"].items() if k not in ("kind", "backend")}
     return VectorIndex(manifest["geometry"], manifest.get("curvature"), manifest["dim"], manifest["index"]["kind"],
                        use_faiss=use_faiss, **opts)
+

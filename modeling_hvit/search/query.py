@@ -19,12 +19,11 @@ import csv
 import io
 import json
 import warnings
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from .scoring import distance, distance_to_raw, features, range_candidates, score_tolerance
+from .scoring import distance, distance_to_raw, features, one_torch_thread, range_candidates, score_tolerance
 from .vectors import VectorIndex
 
 FLOAT64_EPS = float(torch.finfo(torch.float64).eps)
@@ -61,7 +60,9 @@ class _Corpus:
         if self._absmax is None:
             owner = self.index if self.index is not None else self
             if getattr(owner, "_gallery_absmax", None) is None:
-                owner._gallery_absmax = self.gallery_features().abs().amax(0)
+                # a flat index stores exactly the float32 gallery features: no second copy for the bound
+                rows = self.vectors.torch_matrix() if self.vectors.exact else self.gallery_features()
+                owner._gallery_absmax = rows.abs().amax(0)
             self._absmax = owner._gallery_absmax
         return self._absmax
 
@@ -141,47 +142,42 @@ def semantic_search(query_embeddings: Any, corpus: Any, top_k: int = 10, *, geom
     c = corpus if isinstance(corpus, _Corpus) else _Corpus(corpus, geometry, curvature)
     q = _check_queries(query_embeddings, c.emb.shape[1])
     k = _clamp_k(top_k, c.emb.shape[0])
-    with _one_thread_if(q.shape[0] <= 16):
+    with one_torch_thread(q.shape[0] <= 16):
         return _semantic_search(q, c, k, refine, query_chunk_size)
 
 
-@contextmanager
-def _one_thread_if(condition: bool):
-    """Run a few-query search on one torch thread: its tensors are tiny, and on a busy CPU waking a
-    second intra-op thread costs more than the work (measured 3x slower single-query latency)."""
-    threads = torch.get_num_threads()
-    if condition and threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+def _rerank(qb: torch.Tensor, scores32: torch.Tensor, cand: torch.Tensor, c: "_Corpus", k: int,
+            gf_absmax: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 distances of the candidates, the k best, and the queries the exactness check cannot
+    decide (module docstring): (distances, indices, unsure query rows)."""
+    valid = cand >= 0
+    d = distance(qb[:, None, :], c.emb[cand.clamp_min(0)], c.geometry, c.curvature)
+    d = d.masked_fill(~valid, float("inf"))
+    d, cand = _sort_by_distance(d, cand)
+    d, cand = d[:, :k], cand[:, :k]
+    if gf_absmax is None:
+        return d, cand, torch.empty(0, dtype=torch.int64)
+    qf = features(qb.double(), c.geometry, c.curvature, "query")
+    gk = features(c.emb[cand[:, -1]].double(), c.geometry, c.curvature, "gallery")
+    kth = (qf * gk).sum(1)
+    tol = score_tolerance(qf, gf_absmax)
+    return d, cand, torch.nonzero(scores32[:, -1].double() + 2 * tol >= kth).flatten()
 
 
 def _semantic_search(q: torch.Tensor, c: "_Corpus", k: int, refine: int, query_chunk_size: int) -> list[list[dict]]:
     n = c.emb.shape[0]
     exact = c.vectors.exact
-    n_cand = min(n, max(2 * k + 8, 64) if exact else max(refine * k, k))
+    n_cand = min(n, 2 * k + 8 if exact else max(refine * k, k))
     gf_absmax = c.gallery_absmax() if exact and n_cand < n else None
     results = []
     for a in range(0, q.shape[0], query_chunk_size):
         qb = q[a:a + query_chunk_size]
         scores32, cand = c.vectors.candidates(qb, n_cand)
-        valid = cand >= 0
-        d = distance(qb[:, None, :], c.emb[cand.clamp_min(0)], c.geometry, c.curvature)
-        d = d.masked_fill(~valid, float("inf"))
-        d, cand = _sort_by_distance(d, cand)
-        d, cand = d[:, :k], cand[:, :k]
-        if gf_absmax is not None:  # exactness check (module docstring); redo unsure queries by brute force
-            qf = features(qb.double(), c.geometry, c.curvature, "query")
-            gk = features(c.emb[cand[:, -1]].double(), c.geometry, c.curvature, "gallery")
-            kth = (qf * gk).sum(1)
-            tol = score_tolerance(qf, gf_absmax)
-            unsure = torch.nonzero(scores32[:, -1].double() + 2 * tol >= kth).flatten()
-            for u0 in range(0, len(unsure), 64):
-                rows = unsure[u0:u0 + 64]
-                d[rows], cand[rows] = _float64_topk(qb[rows], c, k)
+        with one_torch_thread():  # small elementwise work (see one_torch_thread)
+            d, cand, unsure = _rerank(qb, scores32, cand, c, k, gf_absmax)
+        for u0 in range(0, len(unsure), 64):  # exactness check failed: float64 brute force
+            rows = unsure[u0:u0 + 64]
+            d[rows], cand[rows] = _float64_topk(qb[rows], c, k)
         for r in range(qb.shape[0]):
             results.append([c.hit(i, dist) for i, dist in zip(cand[r].tolist(), d[r].tolist()) if dist != float("inf")])
     return results

@@ -7,6 +7,7 @@
       manifest.json          model id + fingerprint, geometry, curvature, processor, counts, index kind
       table/shard-00000.arrow   rows (id, path, label, metadata, embedding) as a `datasets` Arrow file
       table/shard-00000.skipped.json   items of that shard that could not be read
+      table/parts/           a multi-process build's parts before rank 0 merges them (sharding.py)
       vectors.faiss          the FAISS index over the rows, in table order (see vectors.py)
       .lock                  held (flock) by the one process writing
 
@@ -113,8 +114,12 @@ def _features(dim: int) -> datasets.Features:
 class ShardTable:
     """The Arrow shards of an index directory, in commit order."""
 
-    def __init__(self, index_dir: str | os.PathLike):
-        self.dir = Path(index_dir) / TABLE_DIR
+    def __init__(self, index_dir: str | os.PathLike, sub: str = TABLE_DIR):
+        self.dir = Path(index_dir) / sub
+
+    @staticmethod
+    def number(path: Path) -> int:
+        return int(_SHARD.match(path.name).group(1))
 
     def shard_paths(self) -> list[Path]:
         if not self.dir.exists():
@@ -134,7 +139,7 @@ class ShardTable:
 
     def next_number(self) -> int:
         paths = self.shard_paths()
-        return int(_SHARD.match(paths[-1].name).group(1)) + 1 if paths else 0
+        return self.number(paths[-1]) + 1 if paths else 0
 
     def write(self, number: int, rows: dict[str, list], embeddings: np.ndarray, skipped: list[dict]) -> Path:
         """Write one shard: skip list first, then the Arrow file renamed into place (the commit)."""
