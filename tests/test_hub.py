@@ -420,10 +420,12 @@ def test_demo_training_run_pushes_with_our_card(tmp_path, online, hub_calls):
     push_to_hub(out, REPO, token=FAKE_TOKEN)
     files = {op.path_in_repo: _uploaded(op) for op in hub_calls["create_commit"][0]["operations"]}
     assert set(files) == EXPECTED - {"poincare_disk.png"} | {"README.md"}
-    metric = re.compile(r"^(encoder_)?(recall@\d+|precision@1|r_precision|map@r|nmi)$")
+    metric = re.compile(r"^((encoder_)?(recall@\d+|precision@1|r_precision|map@r|nmi)|coarse_recall@\d+|coarse_map@r|"
+                        r"mistake_severity@1|radius_correct_correlation)$")  # the demo has a superclass column
     metrics = json.loads((out / "metrics.json").read_text())
     published = _index_metrics(_front_matter(files["README.md"].decode()))
     assert set(published) == {k for k in metrics if metric.match(k)} and "encoder_recall@1" in published
+    assert "coarse_recall@1" in published and "hierarchy_column" not in published
 
 
 # -- links, token bytes, checksums (issue 12.14, 12.16) ----------------------------------------------
