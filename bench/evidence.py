@@ -137,12 +137,13 @@ def _cell(values: list[float], pct: bool = True) -> str:
     return f"{m:.1f} ± {s:.1f}" if pct else f"{m:.3g} ± {s:.2g}"
 
 
-def report(runs: list[Run], a: argparse.Namespace) -> str:
+def report(runs: list[Run]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         res = _load(run)
         if res is not None:
             groups.setdefault((run.dataset, run.head), []).append(res)
+    episodes = next((r.get("fewshot_episodes") for rs in groups.values() for r in rs), 0) or 0
     head = "| dataset | head | seeds | steps | " + " | ".join(c for c, _ in COLUMNS) + " | final c | s/step | wall min |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (dataset, label), rs in groups.items():
@@ -153,7 +154,7 @@ def report(runs: list[Run], a: argparse.Namespace) -> str:
                      + f" | {c} | {_cell([r['sec_per_step'] for r in rs], pct=False)}"
                      + f" | {np.mean([r['wall_seconds'] for r in rs]) / 60:.1f} |")
     md = ("Mean ± std over seeds (sample std); metrics in % on the whole test split, unseen classes; few-shot: "
-          f"{a.episodes_note} episodes per setting, 15 queries per class; "
+          f"{episodes:,} episodes per setting, 15 queries per class; "
           "coarse R@1 / mistake severity use the alphabet (Omniglot only).\n\n" + "\n".join(lines) + "\n\n" + PUBLISHED)
     (ROOT / "bench" / "results" / "evidence.md").write_text(md)
     _plot_curves(groups)
@@ -199,7 +200,6 @@ def main() -> None:
     p.add_argument("--curve_samples", type=int, default=2000)
     p.add_argument("--only", choices=("runs", "eval", "report"), default=None)
     a = p.parse_args()
-    a.episodes_note = "1,000"
     runs = plan(a.omniglot_seeds, a.caltech_seeds, a.beyond_seeds)
     if a.only == "eval":
         runs_to_do = [r for r in runs if (RESULTS / r.name / "train.json").exists()]
@@ -210,7 +210,7 @@ def main() -> None:
             for name in pool.map(lambda r: execute(r, a), runs_to_do):
                 print(f"done: {name}", flush=True)
     if a.only != "runs":
-        print(report(runs, a))
+        print(report(runs))
 
 
 if __name__ == "__main__":
