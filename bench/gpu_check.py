@@ -841,8 +841,9 @@ def recipe_figures(rec: dict, metrics: dict, total: float, launched: float, batc
     phases = {"startup_and_imports": rec["imported_at"] - launched, "dataset_build": dur["dataset_build"],
               "model_and_trainer_setup": spans["evaluate:before"]["start"] - spans["dataset_build"]["end"],
               "evaluation_before": dur["evaluate:before"], "train": dur["train"],
-              "evaluation_after": dur["evaluate:eval"], "save_model": dur.get("save_model", 0.0)}
-    phases["other"] = total - sum(phases.values())  # argument parsing, metrics.json, process exit
+              "evaluation_after": dur["evaluate:eval"], "save_model": dur.get("save_model", 0.0),
+              "process_exit": launched + total - rec["finished_at"]}  # interpreter and worker shutdown
+    phases["other"] = total - sum(phases.values())  # argument parsing, metrics.json, checksums
     train, ends = spans["train"], rec["step_ends"]
     steps = train["global_step"]
     # The Trainer's epoch count after `steps` steps: the recipe's num_train_epochs (50 for CUB) means
