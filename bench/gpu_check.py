@@ -14,15 +14,22 @@ tensors for the model, JPEGs generated on the fly for the input pipeline). Secti
 - ``encode``: eval forward (inference mode, bf16) images/s on pre-transformed tensors;
 - ``retrieval_sop``: Recall@K + MAP@R of 60,502 × 128 points in the ball on the device;
 - ``delta``: δ-hyperbolicity, 100 draws of 2,000 points, on the device;
+- ``recipe``: the CUB recipe end to end, ``hvit train --config configs/cub-vit-hyp.yaml`` in a
+  subprocess (batch 900 = 100 × 9, 50 steps, bf16, evaluation before and after) on a synthetic
+  CUB-200-2011 in the real layout and counts on local disk, random-init ViT-S/16
+  (``--backbone scratch:vit-s16``): total wall time against the 3-minute target, time per phase,
+  images/s (``--recipe-args`` appends training flags);
 - ``input_pipeline``: decode + train transform images/s per worker and with all cores, from
-  full-size JPEGs and from the reduced cache (JPEG q95 and raw uint8), and the batched augmentation.
+  full-size JPEGs and from the reduced cache (JPEG q95 and raw uint8), and the batched augmentation;
+- ``train_*_compiled``: the bf16 patch-16 steps again with ``torch.compile`` (last: slowest to start).
 
 Each section is guarded (a failure records its error and the others still run) and timed against a
 global budget (sections that would not fit are skipped and listed). The JSON is rewritten after each
 section to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is set, else ``bench/gpu_check.json``).
 
     bash bench/gpu_check.sh                       # on the GPU machine (≤ 8 min)
-    python bench/gpu_check.py --dry-run           # CPU, tiny model and sizes (< 1 min)
+    bash bench/gpu_check.sh --only recipe         # the CUB recipe alone (≈ 1–2 min)
+    python bench/gpu_check.py --dry-run           # CPU, tiny model and sizes (≈ 2 min on 2 quiet cores)
 """
 
 from __future__ import annotations
