@@ -54,7 +54,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -800,6 +799,8 @@ def recipe_section(check: Check) -> dict:
     test split) in a subprocess, on a synthetic CUB-200-2011 written to local disk in the real layout,
     with a random-init ViT-S/16 (`--backbone scratch:vit-s16`) instead of the Hub weights. Total wall
     time, time per phase, images/s."""
+    import yaml  # here: a machine without it loses this section only
+
     sz = check.sizes
     workers = cpu_workers(check.args)
     with tempfile.TemporaryDirectory(prefix="hvit_gpu_check_cub_") as tmp:
@@ -926,7 +927,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100/H200 SXM dense bf16: 989)")
     p.add_argument("--budget-s", type=float, default=None, help="global time budget (default 450; dry run 480)")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json, else bench/gpu_check.json)")
-    p.add_argument("--workers", type=int, default=None, help="input-pipeline workers (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="input-pipeline and recipe DataLoader workers (default: all cores)")
     p.add_argument("--tests-timeout-s", type=float, default=150)
     p.add_argument("--only", default=None, help="comma-separated section names to run (default: all), "
                    "e.g. --only recipe")
