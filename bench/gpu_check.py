@@ -14,15 +14,22 @@ tensors for the model, JPEGs generated on the fly for the input pipeline). Secti
 - ``encode``: eval forward (inference mode, bf16) images/s on pre-transformed tensors;
 - ``retrieval_sop``: Recall@K + MAP@R of 60,502 × 128 points in the ball on the device;
 - ``delta``: δ-hyperbolicity, 100 draws of 2,000 points, on the device;
+- ``recipe``: the CUB recipe end to end, ``hvit train --config configs/cub-vit-hyp.yaml`` in a
+  subprocess (batch 900 = 100 × 9, 50 steps, bf16, evaluation before and after) on a synthetic
+  CUB-200-2011 in the real layout and counts on local disk, random-init ViT-S/16
+  (``--backbone scratch:vit-s16``): total wall time against the 3-minute target, time per phase,
+  images/s (``--recipe-args`` appends training flags);
 - ``input_pipeline``: decode + train transform images/s per worker and with all cores, from
-  full-size JPEGs and from the reduced cache (JPEG q95 and raw uint8), and the batched augmentation.
+  full-size JPEGs and from the reduced cache (JPEG q95 and raw uint8), and the batched augmentation;
+- ``train_*_compiled``: the bf16 patch-16 steps again with ``torch.compile`` (last: slowest to start).
 
 Each section is guarded (a failure records its error and the others still run) and timed against a
 global budget (sections that would not fit are skipped and listed). The JSON is rewritten after each
 section to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is set, else ``bench/gpu_check.json``).
 
     bash bench/gpu_check.sh                       # on the GPU machine (≤ 8 min)
-    python bench/gpu_check.py --dry-run           # CPU, tiny model and sizes (< 1 min)
+    bash bench/gpu_check.sh --only recipe         # the CUB recipe alone (≈ 1–2 min)
+    python bench/gpu_check.py --dry-run           # CPU, tiny model and sizes (≈ 2 min on 2 quiet cores)
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -64,11 +72,15 @@ T0 = time.perf_counter()
 REAL = dict(image=224, batch=900, patches=(16, 8), hidden=384, layers=12, heads=6, mlp=1536, steps=10, warmup=3,
             fp16_steps=30, encode_batch=1024, encode_steps=10, retrieval_n=60_502, delta_n=2000, delta_draws=100,
             delta_points=20_000, n_jpeg=4096, jpeg_side=(400, 800), per_worker_images=256, loader_batch=64,
-            cache_side=256, aug_batch=900, compile_backend="inductor", force_checkpointing_p8=False)
+            cache_side=256, aug_batch=900, compile_backend="inductor", force_checkpointing_p8=False,
+            recipe_classes=100, recipe_train_images=5864, recipe_test_images=5924, recipe_jpeg_width=500,
+            recipe_image=224, recipe_backbone="scratch:vit-s16", recipe_steps=50)
 DRY = dict(image=32, batch=16, patches=(16, 8), hidden=32, layers=2, heads=2, mlp=64, steps=2, warmup=1,
            fp16_steps=4, encode_batch=16, encode_steps=2, retrieval_n=1500, delta_n=100, delta_draws=3,
            delta_points=400, n_jpeg=48, jpeg_side=(64, 128), per_worker_images=16, loader_batch=8,
-           cache_side=40, aug_batch=16, compile_backend="eager", force_checkpointing_p8=True)
+           cache_side=40, aug_batch=16, compile_backend="eager", force_checkpointing_p8=True,
+           recipe_classes=4, recipe_train_images=48, recipe_test_images=48, recipe_jpeg_width=64,
+           recipe_image=32, recipe_backbone="scratch:tiny", recipe_steps=3)
 
 
 class SectionTimeout(Exception):
@@ -479,13 +491,17 @@ def cuda_tests_section(check: Check) -> dict:
 
 
 def _synth_jpeg(args) -> bytes:
-    """A JPEG with photo-like statistics: smooth colour fields + edges + fine noise, q90."""
-    from PIL import Image
-
+    """A JPEG of random size (side in [lo, hi]) with photo-like statistics (:func:`_photo_jpeg`)."""
     seed, lo, hi = args
     rng = np.random.default_rng(seed)
     w = int(rng.integers(lo, hi + 1))
-    h = int(np.clip(w * rng.uniform(0.6, 1.4), lo * 0.6, hi))
+    return _photo_jpeg(rng, w, int(np.clip(w * rng.uniform(0.6, 1.4), lo * 0.6, hi)))
+
+
+def _photo_jpeg(rng: np.random.Generator, w: int, h: int) -> bytes:
+    """A w × h JPEG with photo-like statistics: smooth colour fields + edges + fine noise, q90."""
+    from PIL import Image
+
     coarse = rng.integers(0, 256, (max(2, h // 32), max(2, w // 32), 3), dtype=np.uint8)
     im = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
     im = im + rng.normal(0, 12, (h, w, 3)).astype(np.int16)
@@ -572,7 +588,7 @@ def pipeline_section(check: Check) -> dict:
     from modeling_hvit.data.transforms import EvalTransform, TrainTransform
 
     sz = check.sizes
-    workers = check.args.workers or os.cpu_count() or 1
+    workers = cpu_workers(check.args)
     size = sz["image"]
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     t = time.perf_counter()
@@ -643,6 +659,223 @@ def batched_augmentation(check: Check, records: list) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------
+# the CUB recipe end to end: `hvit train --config configs/cub-vit-hyp.yaml` on a synthetic CUB-200-2011
+
+RECIPE_CONFIG = ROOT / "configs" / "cub-vit-hyp.yaml"
+RECIPE_TARGET_S = 180.0  # issue 17: the CUB recipe (50 steps + both evaluations) in ≤ 3 minutes of wall time
+
+
+def cpu_workers(args) -> int:
+    """DataLoader workers sized to the machine: ``--workers``, else every CPU this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return args.workers or cpus
+
+
+def _class_sizes(n_images: int, n_classes: int) -> list[int]:
+    """``n_images`` spread over ``n_classes`` as evenly as possible (CUB: 58–60 images per class)."""
+    base, extra = divmod(n_images, n_classes)
+    return [base + (i < extra) for i in range(n_classes)]
+
+
+def _write_photo(args) -> tuple[int, int, int]:
+    """Write one synthetic photo, ``w`` wide and 0.6–0.9 × ``w`` high (mean ≈ 500 × 375 for CUB)."""
+    path, seed, w = args
+    rng = np.random.default_rng(seed)
+    h = int(w * rng.uniform(0.6, 0.9))
+    data = _photo_jpeg(rng, w, h)
+    Path(path).write_bytes(data)
+    return w, h, len(data)
+
+
+def write_synthetic_cub(root: Path, sz: dict, workers: int) -> dict:
+    """The CUB-200-2011 layout the ``cub`` builder reads (classes.txt, images.txt,
+    image_class_labels.txt, train_test_split.txt, images/<class>/<image>.jpg) with the real split's
+    class and image counts (classes 1–C train, C+1–2C test) and synthetic JPEGs."""
+    counts = (_class_sizes(sz["recipe_train_images"], sz["recipe_classes"])
+              + _class_sizes(sz["recipe_test_images"], sz["recipe_classes"]))
+    classes, images, labels, split, jobs = [], [], [], [], []
+    for cid, n in enumerate(counts, start=1):
+        name = f"{cid:03d}.Synthetic_Bird_{cid}"
+        (root / "images" / name).mkdir(parents=True, exist_ok=True)
+        classes.append(f"{cid} {name}")
+        for k in range(n):
+            iid = len(images) + 1
+            rel = f"{name}/Synthetic_Bird_{cid}_{k:04d}.jpg"
+            images.append(f"{iid} {rel}")
+            labels.append(f"{iid} {cid}")
+            split.append(f"{iid} {k % 2}")  # the per-image split the protocol ignores (it splits by class)
+            jobs.append((str(root / "images" / rel), iid, sz["recipe_jpeg_width"]))
+    for fname, lines in (("classes.txt", classes), ("images.txt", images), ("image_class_labels.txt", labels),
+                         ("train_test_split.txt", split)):
+        (root / fname).write_text("\n".join(lines) + "\n")
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp
+    with ctx.Pool(max(1, min(workers, 16))) as pool:
+        written = np.array(pool.map(_write_photo, jobs, chunksize=16))
+    n_train = sum(counts[:sz["recipe_classes"]])
+    return {"train_classes": sz["recipe_classes"], "test_classes": sz["recipe_classes"], "train_images": n_train,
+            "test_images": len(jobs) - n_train, "mean_wh": written[:, :2].mean(0).round(1).tolist(),
+            "mean_kib": round(float(written[:, 2].mean()) / 1024, 1)}
+
+
+def recipe_argv(check: Check, recipe: dict, data_dir: Path, output_dir: Path, workers: int) -> tuple[list[str], dict, int]:
+    """`hvit train` arguments: the recipe file plus the overrides this check needs (returned too), and
+    the global batch."""
+    sz = check.sizes
+    # --max_steps: the recipe's 50 epochs are 50 steps only while a loader epoch is one class pass; the
+    # Trainer's epochs span several passes with workers (`passes_for_workers`), see `recipe_figures`.
+    overrides = {"data_dir": str(data_dir), "backbone": sz["recipe_backbone"], "output_dir": str(output_dir),
+                 "dataloader_num_workers": workers, "report_to": "none", "max_steps": sz["recipe_steps"]}
+    batch = sz["recipe_classes"] * recipe["samples_per_class"]  # one class pass per step, as CUB's 100 × 9
+    wanted = {"image_size": sz["recipe_image"], "global_batch_size": batch}  # where the dry run differs
+    overrides.update({k: v for k, v in wanted.items() if recipe.get(k) != v})
+    if check.device.type == "cpu":
+        overrides["use_cpu"] = True
+    argv = ["--config", str(RECIPE_CONFIG)]
+    for k, v in overrides.items():
+        argv += [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
+    # ↓ Flags of work in progress go here, e.g. --recipe-args "--cache_images true --augment_on_device true"
+    # (training) or an evaluation-device option: appended as given, recorded in the JSON.
+    argv += shlex.split(check.args.recipe_args or "")
+    return argv, overrides, batch
+
+
+def recipe_child(out: str, argv: list[str]) -> int:
+    """In the recipe's own process: ``hvit train argv`` with pass-through wall-clock timers around the
+    dataset build, each ``evaluate``, ``train`` (plus a callback timing each optimiser step's end) and
+    ``save_model``, written to ``out`` as JSON; returns the command's exit status. The parent measures
+    the whole command."""
+    import functools
+
+    started = time.time()
+    from transformers import TrainerCallback
+
+    import modeling_hvit.training  # noqa: F401 - imported here (`hvit train` imports it): counted as start-up
+    from modeling_hvit import cli
+    from modeling_hvit.data.arguments import DataArguments
+    from modeling_hvit.trainer import HViTTrainer
+
+    rec: dict = {"imported_at": time.time(), "child_started_at": started, "spans": [], "step_ends": []}
+    cuda = torch.cuda.is_available() and "--use_cpu" not in argv
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            rec["step_ends"].append(time.time())
+
+    def timed(cls, name: str, label) -> None:
+        original = getattr(cls, name)
+
+        @functools.wraps(original)
+        def wrapper(self, *args, **kwargs):
+            if name == "train":
+                self.add_callback(StepEnds())
+            start = time.time()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                span = {"what": label(kwargs), "start": start, "end": time.time()}
+                if name == "train":
+                    span["global_step"] = self.state.global_step
+                rec["spans"].append(span)
+
+        setattr(cls, name, wrapper)
+
+    timed(DataArguments, "build", lambda kw: "dataset_build")
+    timed(HViTTrainer, "evaluate", lambda kw: f"evaluate:{kw.get('metric_key_prefix', 'eval')}")
+    timed(HViTTrainer, "train", lambda kw: "train")
+    timed(HViTTrainer, "save_model", lambda kw: "save_model")
+    try:
+        rec["returncode"] = cli.run("train", argv)
+    finally:
+        rec["finished_at"] = time.time()
+        Path(out).write_text(json.dumps(rec))
+    return rec["returncode"]
+
+
+def recipe_section(check: Check) -> dict:
+    """The CUB recipe as a user runs it (`hvit train --config configs/cub-vit-hyp.yaml`: batch 900 =
+    100 classes × 9, 50 steps, bf16, LR 3e-5, frozen patch embedding, evaluation before and after on the
+    test split) in a subprocess, on a synthetic CUB-200-2011 written to local disk in the real layout,
+    with a random-init ViT-S/16 (`--backbone scratch:vit-s16`) instead of the Hub weights. Total wall
+    time, time per phase, images/s."""
+    import yaml  # here: a machine without it loses this section only
+
+    sz = check.sizes
+    workers = cpu_workers(check.args)
+    with tempfile.TemporaryDirectory(prefix="hvit_gpu_check_cub_") as tmp:
+        data_dir, output_dir, timers = Path(tmp, "CUB_200_2011"), Path(tmp, "run"), Path(tmp, "timers.json")
+        t = time.perf_counter()
+        data = write_synthetic_cub(data_dir, sz, workers)
+        data["generate_s"] = round(time.perf_counter() - t, 2)
+        log(f"  synthetic CUB: {json.dumps(data)}")
+        recipe = yaml.safe_load(RECIPE_CONFIG.read_text())
+        argv, overrides, batch = recipe_argv(check, recipe, data_dir, output_dir, workers)
+        cmd = [sys.executable, "-u", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import gpu_check; "
+               "sys.exit(gpu_check.recipe_child(sys.argv[2], sys.argv[3:]))", str(ROOT / "bench"), str(timers), *argv]
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+        launched = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # its own process group: a timeout ends its workers too
+        tail: list[str] = []
+        try:
+            for line in proc.stdout:
+                print(f"  recipe| {line.rstrip()}", flush=True)
+                tail = (tail + [line.rstrip()])[-40:]
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        total = time.time() - launched
+        if rc != 0:
+            raise RuntimeError(f"hvit train exited with {rc}: " + " | ".join(tail[-8:]))
+        rec = json.loads(timers.read_text())
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+    return {"what": "hvit train --config configs/cub-vit-hyp.yaml on a synthetic CUB-200-2011 (real layout and "
+                    "counts, local disk), random-init backbone; wall times of the command and its phases",
+            "command": "hvit train " + " ".join(shlex.quote(a) for a in argv), "overrides": overrides,
+            "workers": workers, "dataset": data,
+            **recipe_figures(rec, metrics, total, launched, batch, sz["recipe_steps"], data["test_images"],
+                             recipe["num_train_epochs"])}
+
+
+def recipe_figures(rec: dict, metrics: dict, total: float, launched: float, batch: int, steps_requested: int,
+                   eval_images: int, recipe_epochs: float) -> dict:
+    """Phases (s), images/s and the target check from the child's timers and the run's metrics.json."""
+    spans = {s["what"]: s for s in rec["spans"]}
+    dur = {k: spans[k]["end"] - spans[k]["start"] for k in spans}
+    phases = {"startup_and_imports": rec["imported_at"] - launched, "dataset_build": dur["dataset_build"],
+              "model_and_trainer_setup": spans["evaluate:before"]["start"] - spans["dataset_build"]["end"],
+              "evaluation_before": dur["evaluate:before"], "train": dur["train"],
+              "evaluation_after": dur["evaluate:eval"], "save_model": dur.get("save_model", 0.0),
+              "process_exit": launched + total - rec["finished_at"]}  # interpreter and worker shutdown
+    phases["other"] = total - sum(phases.values())  # argument parsing, metrics.json, checksums
+    train, ends = spans["train"], rec["step_ends"]
+    steps = train["global_step"]
+    # The Trainer's epoch count after `steps` steps: the recipe's num_train_epochs (50 for CUB) means
+    # recipe_epochs × steps / epochs steps (50 while an epoch is one class pass = one CUB step).
+    epochs = next((h["epoch"] for h in reversed(metrics.get("log_history", [])) if "epoch" in h), None)
+    out = {"total_s": round(total, 2), "target_s": RECIPE_TARGET_S, "meets_target": total <= RECIPE_TARGET_S,
+           "phases_s": {k: round(v, 2) for k, v in phases.items()}, "steps_requested": steps_requested,
+           "steps_done": steps, "batch": batch, "step_end_times_recorded": len(ends),
+           "train_images_per_s": round(steps * batch / dur["train"], 1),
+           "first_step_s": round(ends[0] - train["start"], 2) if ends else None,
+           "eval_images": eval_images,
+           "eval_images_per_s_before": round(eval_images / dur["evaluate:before"], 1),
+           "eval_images_per_s_after": round(eval_images / dur["evaluate:eval"], 1),
+           "train_loss": next((h["train_loss"] for h in metrics.get("log_history", []) if "train_loss" in h), None),
+           "recall@1_before_after": [metrics["untrained"].get("recall@1"), metrics.get("recall@1")],
+           "metrics_wall_seconds": metrics.get("wall_seconds"), "trainer_epochs_at_end": epochs,
+           "recipe_num_train_epochs": recipe_epochs,
+           "steps_the_recipe_epochs_run": round(recipe_epochs * steps / epochs) if epochs else None}
+    if len(ends) > 2:  # after the first step (worker start, allocator, autotuning)
+        out["steady_images_per_s"] = round((len(ends) - 1) * batch / (ends[-1] - ends[0]), 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
 
 
 def summarise(check: Check) -> None:
@@ -679,6 +912,11 @@ def summarise(check: Check) -> None:
     for name in ("encode", "retrieval_sop", "delta"):
         if s.get(name, {}).get("status") == "ok":
             summ[name] = {k: v for k, v in s[name].items() if k not in ("status", "what")}
+    recipe = s.get("recipe", {})
+    if recipe.get("status") == "ok":
+        summ["recipe"] = {k: recipe.get(k) for k in ("total_s", "meets_target", "phases_s", "steps_done",
+                                                     "train_images_per_s", "steady_images_per_s",
+                                                     "eval_images_per_s_before", "steps_the_recipe_epochs_run")}
     summ["errors"] = {k: v["error"] for k, v in s.items() if v.get("status") == "error"}
 
 
@@ -687,16 +925,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny model and sizes: checks the script itself")
     p.add_argument("--device", default=None, help="default: cuda if available (cpu for --dry-run)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100/H200 SXM dense bf16: 989)")
-    p.add_argument("--budget-s", type=float, default=None, help="global time budget (default 450; dry run 240)")
+    p.add_argument("--budget-s", type=float, default=None, help="global time budget (default 450; dry run 480)")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json, else bench/gpu_check.json)")
-    p.add_argument("--workers", type=int, default=None, help="input-pipeline workers (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="input-pipeline and recipe DataLoader workers (default: all cores)")
     p.add_argument("--tests-timeout-s", type=float, default=150)
-    p.add_argument("--only", default=None, help="comma-separated section names to run (default: all)")
+    p.add_argument("--only", default=None, help="comma-separated section names to run (default: all), "
+                   "e.g. --only recipe")
+    p.add_argument("--recipe-args", default="", help="extra `hvit train` flags for the recipe section (one "
+                   "string, shell-quoted), e.g. --recipe-args '--dataloader_prefetch_factor 4'")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a size (JSON value), e.g. --set batch=512 --set 'jpeg_side=[200,400]'")
     args = p.parse_args(argv)
     args.device = args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
-    args.budget_s = args.budget_s or (240.0 if args.dry_run else 450.0)
+    args.budget_s = args.budget_s or (480.0 if args.dry_run else 450.0)
     if args.out is None:
         base = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench"
         args.out = str(base / ("gpu_check_dry.json" if args.dry_run else "gpu_check.json"))
@@ -726,11 +967,15 @@ def main(argv: list[str] | None = None) -> dict:
         ("encode", lambda: encode_section(check), 10, 60),
         ("retrieval_sop", lambda: retrieval_section(check), 15, 90),
         ("delta", lambda: delta_section(check), 20, 120),
+        ("recipe", lambda: recipe_section(check), 120, 240),
         ("input_pipeline", lambda: pipeline_section(check), 45, 150),
         ("train_p16_bf16_plain_compiled", lambda: train_section(check, 0, "bf16", "plain", compile_=True), 90, 200),
         ("train_p16_bf16_trainer_compiled", lambda: train_section(check, 0, "bf16", "trainer", compile_=True), 90, 200),
     ]
     only = set(args.only.split(",")) if args.only else None
+    if only and only - {name for name, *_ in sections}:
+        raise SystemExit(f"--only {args.only}: unknown section(s) {sorted(only - {n for n, *_ in sections})}; "
+                         f"expected names from: {', '.join(name for name, *_ in sections)}")
     for name, fn, est, limit in sections:
         if only and name not in only:
             continue

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU check for hvit (issue 17): ≤ 8 minutes on one H200, no network, nothing downloaded.
 # Writes gpu_check.json (+ gpu_check.log) to $OUT when set, else to bench/. Extra arguments go to
-# bench/gpu_check.py (e.g. --budget-s 400, --peak-tflops 989, --dry-run for a CPU run of the script).
+# bench/gpu_check.py (e.g. --budget-s 400, --peak-tflops 989, --only recipe, --dry-run for a CPU run).
 #
-#     bash bench/gpu_check.sh
+#     bash bench/gpu_check.sh                  # every section
+#     bash bench/gpu_check.sh --only recipe    # the CUB recipe's wall time alone
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,6 +79,34 @@ def test_out_of_memory_retries_with_checkpointing_once_per_patch(monkeypatch, tm
     assert seen == [False, True, True] and second["gradient_checkpointing"] is True
 
 
+def test_synthetic_cub_is_read_by_the_cub_builder(tmp_path):
+    """The recipe section's data: the real `cub` builder reads it with the requested class and image counts
+    (CUB-200-2011's own: 100 + 100 classes, 5,864 + 5,924 images, spread 58–60 per class)."""
+    import gpu_check
+
+    from modeling_hvit.data import build_dataset
+
+    sizes = gpu_check._class_sizes(5864, 100) + gpu_check._class_sizes(5924, 100)
+    assert sum(sizes[:100]) == 5864 and sum(sizes[100:]) == 5924 and min(sizes) == 58 and max(sizes) == 60
+    sz = {**gpu_check.DRY, "recipe_classes": 3, "recipe_train_images": 10, "recipe_test_images": 8, "recipe_jpeg_width": 40}
+    info = gpu_check.write_synthetic_cub(tmp_path / "CUB_200_2011", sz, workers=1)
+    assert (info["train_images"], info["test_images"], info["train_classes"]) == (10, 8, 3)
+    dsd = build_dataset("cub", str(tmp_path))  # verifies every image while building
+    train, test = dsd["train"], dsd["test"]
+    assert (len(train), len(test)) == (10, 8)
+    assert sorted(np.bincount(train["label"], minlength=6).tolist()) == [0, 0, 0, 3, 3, 4]  # classes 4-6 are test's
+    assert set(train["label"]).isdisjoint(test["label"]) and len(set(test["label"])) == 3
+    w, h = train[0]["image"].size
+    assert w == 40 and 0.6 * 40 <= h <= 0.9 * 40
+
+
+def test_only_rejects_an_unknown_section(capsys):
+    import gpu_check
+
+    with pytest.raises(SystemExit, match="unknown section.*recipes.*recipe"):
+        gpu_check.main(["--dry-run", "--only", "recipes", "--out", "/dev/null"])
+
+
 @pytest.mark.slow
 def test_dry_run_reports_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
@@ -87,7 +116,7 @@ def test_dry_run_reports_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     sections = res["sections"]
-    expected = {"cuda_tests", "flops", "encode", "retrieval_sop", "delta", "input_pipeline",
+    expected = {"cuda_tests", "flops", "encode", "retrieval_sop", "delta", "recipe", "input_pipeline",
                 *(f"train_p{p}_{prec}_plain" for p in (16, 8) for prec in ("bf16", "fp16")),
                 "train_p16_bf16_trainer", "train_p16_fp16_trainer", "train_p16_bf16_plain_compiled",
                 "train_p16_bf16_trainer_compiled"}
@@ -116,3 +145,33 @@ def test_dry_run_reports_every_section(tmp_path):
     assert sections["encode"]["images_per_s"] > 0
     assert 0 < sections["retrieval_sop"]["metrics"]["recall@1"] <= 1
     assert 0 < sections["delta"]["delta_rel_mean"] < 1
+    _check_recipe(sections["recipe"], res["summary"]["recipe"])
+
+
+def _check_recipe(rec: dict, summary: dict) -> None:
+    """The CUB recipe section (dry sizes): `hvit train --config configs/cub-vit-hyp.yaml` ran the requested
+    steps on the synthetic CUB, with phase times that are positive and add up to at most the command's
+    wall time."""
+    import gpu_check
+
+    dry = gpu_check.DRY
+    assert "--config" in rec["command"] and "cub-vit-hyp.yaml" in rec["command"] and "scratch:tiny" in rec["command"]
+    data = rec["dataset"]
+    assert (data["train_classes"], data["train_images"], data["test_images"]) == (
+        dry["recipe_classes"], dry["recipe_train_images"], dry["recipe_test_images"])
+    assert rec["batch"] == 9 * dry["recipe_classes"]  # one class pass per step, m = 9 as the recipe
+    assert rec["steps_requested"] == rec["steps_done"] == dry["recipe_steps"] == rec["step_end_times_recorded"]
+    phases, total = rec["phases_s"], rec["total_s"]
+    named = {k: v for k, v in phases.items() if k != "other"}
+    assert set(named) >= {"startup_and_imports", "dataset_build", "model_and_trainer_setup", "evaluation_before",
+                          "train", "evaluation_after"}
+    assert all(v > 0 for v in named.values()), phases
+    assert sum(named.values()) <= total + 0.05 and phases["other"] >= -0.05, phases
+    assert total <= rec["seconds"] and rec["metrics_wall_seconds"] < total
+    assert 0 < rec["first_step_s"] <= phases["train"] + 0.01
+    assert rec["train_images_per_s"] == pytest.approx(rec["steps_done"] * rec["batch"] / phases["train"], rel=0.02)
+    assert rec["eval_images_per_s_before"] == pytest.approx(data["test_images"] / phases["evaluation_before"], rel=0.02)
+    assert rec["steady_images_per_s"] > 0 and math.isfinite(rec["train_loss"])
+    assert all(0 <= r <= 1 for r in rec["recall@1_before_after"])
+    assert rec["meets_target"] == (total <= 180)
+    assert summary["total_s"] == total and summary["steps_done"] == rec["steps_done"]
