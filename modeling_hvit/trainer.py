@@ -216,8 +216,9 @@ class HViTTrainer(Trainer):
     - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs;
     - a NaN/inf loss or gradient norm stops the run at that step (or skips the update,
       ``on_nonfinite="skip"``);
-    - an "epoch" is one pass of the sampler over the classes (several with DataLoader workers, so that every
-      worker decodes: `passes_for_workers`; the workers persist across epochs); the logs count ``images_seen`` and
+    - an "epoch" (``num_train_epochs``, the logged epoch) is one pass of the sampler over the classes; with
+      DataLoader workers a loader epoch holds several, so that every worker decodes (`passes_for_workers`; the
+      workers persist across loader epochs); the logs count ``images_seen`` and
       ``train_samples_per_second`` is images (all processes) per second.
 
     With a train dataset the model is prepared for training (DDP-wrapped under `accelerate launch`)
@@ -246,6 +247,10 @@ class HViTTrainer(Trainer):
             # Enough batches per loader epoch for every worker (same stream whatever the number of passes).
             self._train_sampler.passes_per_epoch = passes_for_workers(
                 self._train_sampler.steps_per_pass, self.args.dataloader_num_workers, self.args.dataloader_prefetch_factor)
+            if self._train_sampler.passes_per_epoch > 1 and self.args.max_steps <= 0:
+                # `num_train_epochs` counts class passes, not loader epochs of several passes: fix the step count.
+                per_pass = max(1, self._train_sampler.steps_per_pass // self.args.gradient_accumulation_steps)
+                self.args.max_steps = math.ceil(self.args.num_train_epochs * per_pass)
         self._loss_stats: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._curvature = (CurvatureMonitor(getattr(self.args, "curvature_bound_patience", 5))
                            if model_config.learn_curvature else None)
@@ -365,6 +370,14 @@ class HViTTrainer(Trainer):
             logs["images_seen"] = self.state.global_step * self.get_total_train_batch_size(self.args)
             if getattr(self.args, "on_nonfinite", "error") == "skip":
                 logs["nonfinite_steps_skipped"] = self.nonfinite_steps_skipped
+        passes = self._train_sampler.passes_per_epoch if self._train_sampler is not None else 1
+        if passes > 1 and self.state.epoch is not None:  # the logged epoch counts class passes, as the arguments
+            epoch, self.state.epoch = self.state.epoch, self.state.epoch * passes
+            try:
+                super().log(logs, *args, **kwargs)
+            finally:
+                self.state.epoch = epoch
+            return
         super().log(logs, *args, **kwargs)
 
     def _get_grad_norm(self, model, grad_norm=None):

@@ -67,7 +67,7 @@ def _trainer(tmp_path: Path, batch: int, max_steps: int, workers: int, **kw) -> 
                                                   "num_hidden_layers": 1, "intermediate_size": 64}, embedding_dim=8))
     args = HViTTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=batch,
                                  samples_per_class=2, max_steps=max_steps, use_cpu=True, report_to="none", seed=0,
-                                 dataloader_num_workers=workers, logging_steps=100, disable_tqdm=True, **kw)
+                                 dataloader_num_workers=workers, disable_tqdm=True, **{"logging_steps": 100, **kw})
     (tmp_path / "pids").mkdir()
     train = dsd["train"]
     return HViTTrainer(model=model, args=args, train_labels=dataset_labels(train),
@@ -98,3 +98,14 @@ def test_persistent_workers_need_workers():
     args = HViTTrainingArguments(output_dir="x", per_device_train_batch_size=4, use_cpu=True, report_to="none",
                                  dataloader_num_workers=0)
     assert args.dataloader_persistent_workers is False
+
+
+def test_epochs_count_class_passes_when_a_loader_epoch_holds_several(tmp_path):
+    # One pass over the classes = one step; with 2 workers a loader epoch holds 8 passes. Three epochs asked
+    # for are three passes = 3 steps (the CUB recipe's 50 epochs = 50 steps), and the logs count passes.
+    trainer = _trainer(tmp_path, batch=32, max_steps=-1, workers=2, num_train_epochs=3, logging_steps=1)
+    assert trainer._train_sampler.passes_per_epoch == 8
+    trainer.train()
+    assert trainer.state.global_step == 3
+    epochs = [h["epoch"] for h in trainer.state.log_history if "loss" in h]
+    assert epochs == pytest.approx([1.0, 2.0, 3.0])
