@@ -110,7 +110,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
     if "--help-all" in argv or "-h" in argv or "--help" in argv:
         print(format_train_help(parser, recipe, recipe_name, full="--help-all" in argv))
         raise SystemExit(0)
-    margs, dargs, targs = parser.parse_args_into_dataclasses(args=argv)
+    try:  # the arguments' own checks (`__post_init__`) raise ValueError: a user error, one line
+        margs, dargs, targs, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as err:
+        raise UserError(str(err).strip().splitlines()[0]) from None
+    if rest:
+        raise UserError(f"unknown arguments {rest}; see `hvit train --help-all`")
     given = given_dests(parser, argv)
     recipe_dataset = canonical_dataset_name(str(recipe.get("dataset", "demo")))
     if canonical_dataset_name(dargs.dataset) != recipe_dataset:

@@ -105,6 +105,12 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("hvit train: error: ") and "missing: no such file or directory" in err
     assert err.count("\n") == 1
+    # an unknown flag, and a value the arguments' own checks reject: one line each, no traceback
+    assert cli.run("train", ["--bogus_flag", "1"]) == 2
+    assert capsys.readouterr().err == "hvit train: error: unknown arguments ['--bogus_flag', '1']; see `hvit train --help-all`\n"
+    assert cli.run("train", ["--lr_scheduler_type", "sideways"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hvit train: error: sideways is not a valid SchedulerType") and err.count("\n") == 1
 
 
 def _traceback_after_error(stderr: str) -> None:
