@@ -28,6 +28,7 @@ Works on any device the tensors live on.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,16 @@ from .lorentz import gallery_features, query_features
 BACKENDS = ("blocked", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
-__all__ = ["BACKENDS", "FAISS_INDEXES", "iter_knn", "iter_knn_first_hit", "knn"]
+__all__ = ["BACKENDS", "FAISS_INDEXES", "iter_knn", "iter_knn_first_hit", "knn", "search_counts"]
+
+_SEARCHES: Counter[str] = Counter()
+
+
+def search_counts() -> dict[str, int]:
+    """Searches started in this process so far, by the device type they ran on (``cpu``, ``cuda``; the
+    FAISS backend counts as ``cpu``). A diagnostic: under several processes the evaluation searches on
+    the main process only, which this shows without timing anything."""
+    return dict(_SEARCHES)
 
 
 def _as_tensor(x: Any, name: str, device: torch.device | str | None) -> torch.Tensor:
@@ -416,6 +426,7 @@ def _search(query: Any, gallery: Any | None, k: int, geometry: str, curvature: f
         labels = tuple(torch.as_tensor(lab, dtype=torch.int64) for lab in labels)
         if labels[0].shape != (q.shape[0],) or labels[1].shape != (g.shape[0],):
             raise ValueError(f"labels must be 1-d with {q.shape[0]} query and {g.shape[0]} gallery entries")
+    _SEARCHES["cpu" if backend == "faiss" else q.device.type] += 1
     bar = _progress(q.shape[0], progress, "k-NN search")
     if backend == "faiss":
         gen = _faiss(q, g, k, geometry, curvature, exclude_self, block_size, faiss_index, nprobe,
