@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import inspect
 import math
 import os
 from collections import defaultdict
@@ -22,7 +21,7 @@ from transformers.utils import logging
 
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .curvature import CurvatureMonitor, add_curvature_param_group
-from .distributed import gather_batch, run_on_main
+from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings, head_linear_output
 from .metrics import DEFAULT_RECALL_KS
@@ -357,6 +356,10 @@ class HViTTrainer(Trainer):
         """``compute(*args)`` on the main process only, every rank getting its result (the predictions are
         already gathered on every rank): the k-NN search is not repeated by each process. A ``compute``
         with a ``device`` parameter (`make_compute_metrics`) searches on the model's device."""
+        import inspect
+
+        from .distributed import run_on_main
+
         if "device" in inspect.signature(compute).parameters:
             kwargs.setdefault("device", next(self.accelerator.unwrap_model(self.model).parameters()).device)
         return run_on_main(lambda: compute(*args, **kwargs))

@@ -90,7 +90,9 @@ def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, mon
     correct = y[_oracle_nearest(x, "poincare")] == y
     assert saved["radius_correct_correlation"] == pytest.approx(stats.pointbiserialr(correct, radius).statistic,
                                                                 abs=1e-6)
-    assert "radius_correct_correlation" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "radius_correct_correlation" in printed
+    assert "device: cpu, encoder precision float32, 0 decoding worker(s)" in printed  # the CPU defaults
 
 
 def test_sphere_radius_is_the_head_output_norm(tmp_path, monkeypatch):

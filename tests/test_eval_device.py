@@ -202,6 +202,26 @@ def test_trainer_evaluation_searches_on_the_model_device(device, tmp_path):
         assert got[f"eval_{key}"] == pytest.approx(value, abs=1e-6), key
 
 
+def test_trainer_evaluation_embeds_with_the_training_precision_and_workers(tmp_path):
+    """``--bf16 true``: the evaluation's embeddings are those of a bf16-autocast encoder (not fp32), decoded
+    by the training's DataLoader workers."""
+    from modeling_hvit.data.transforms import EvalTransform, with_image_transform
+    from modeling_hvit.evaluation import embed_dataset
+    from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments
+
+    test, model = record.eval_split(), record.tiny_model("poincare")
+    data = with_image_transform(test, EvalTransform(16))
+    bf16 = embed_dataset(model, data, 9, "cpu", torch.bfloat16)[0]
+    fp32 = embed_dataset(model, data, 9, "cpu")[0]  # before the Trainer: accelerate wraps the model's forward
+    args = HViTTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=9,
+                                 report_to="none", disable_tqdm=True, use_cpu=True, bf16=True)
+    trainer = HViTTrainer(model=model, args=args, eval_dataset=data)
+    assert trainer.get_eval_dataloader().num_workers == args.dataloader_num_workers >= 1
+    got = torch.from_numpy(trainer.predict(data).predictions[0])
+    torch.testing.assert_close(got, bf16, rtol=0, atol=1e-6)
+    assert (got - fp32).abs().max() > 1e-4
+
+
 # ---------------------------------------------------------------- hvit eval's defaults per device
 def test_eval_defaults_per_device():
     assert resolve_eval_settings("cpu") == EvalSettings(torch.float32, 0)
