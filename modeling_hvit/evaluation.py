@@ -8,7 +8,9 @@ against the gallery, others (``test``) every image against all the others. The T
 and ``eval_hvit.py`` share ``retrieval_metrics`` (on already computed embeddings) and
 ``embed_dataset``. ``--plot`` draws the head embeddings in the Poincaré disk (``visualize``).
 Both also report the hierarchy metrics when the split has a hierarchy column and the radius–correct
-correlation (``hierarchy_metrics``), through ``evaluate_embeddings``.
+correlation (``hierarchy_metrics``), through ``evaluate_embeddings``. The search and the metrics run on
+the evaluation's device (the model's GPU); on CUDA ``hvit eval`` embeds under bf16 autocast with
+decoding workers by default (``resolve_eval_settings``), on the CPU in fp32 in the process.
 """
 
 from __future__ import annotations

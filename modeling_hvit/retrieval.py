@@ -22,7 +22,8 @@ gallery index; with ``exclude_self`` the query's own index (not every zero-dista
 Bit-identical gallery rows are scored once per query and the score copied to each of them (all in one
 gallery block), so they tie exactly: a float32 matrix product may round equal rows differently by
 their position, which made rankings and metrics depend on the block sizes.
-Works on any device the tensors live on.
+Works on any device the tensors live on (``device=`` moves them there: the evaluation searches on the
+model's GPU); ``search_counts`` tells how many searches ran in this process, per device type.
 """
 
 from __future__ import annotations
