@@ -93,6 +93,10 @@ def resolve_eval_settings(device_type: str, precision: str = "auto", num_workers
     GPU is not left waiting on one process decoding JPEGs. Elsewhere: fp32 and 0 workers (the model
     shares the CPU cores with any worker). ``bf16_supported``/``cpus``/``local_processes`` default to
     this machine's."""
+    if precision not in ("auto", *PRECISIONS):
+        from .errors import UserError
+
+        raise UserError(f"--precision {precision!r}: expected one of auto, {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device_type == "cuda":
             if bf16_supported is None:

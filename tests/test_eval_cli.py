@@ -141,7 +141,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     # a bad --precision: one line naming the flag and the allowed values, no traceback
     assert run("eval", ["--model", str(tmp_path), "--precision", "fp8", "--progress", "false"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "hvit eval: error: --precision 'fp8': expected one of fp32, fp16, bf16"
+    assert err.strip() == "hvit eval: error: --precision 'fp8': expected one of auto, fp32, fp16, bf16"
 
 
 def test_unknown_hierarchy_column_is_a_one_line_error(tiny_model, tmp_path, monkeypatch, capsys):
