@@ -28,6 +28,7 @@ model's GPU); ``search_counts`` tells how many searches ran in this process, per
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -75,6 +76,22 @@ def _as_tensor(x: Any, name: str, device: torch.device | str | None) -> torch.Te
         raise ValueError(f"{name} has non-finite values (NaN/inf) in rows {rows}"
                          f"{' ...' if int(bad.sum()) > 5 else ''}: fix the model output before retrieval")
     return x
+
+
+@contextlib.contextmanager
+def _full_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 matrix products on CUDA even where TF32 is allowed globally (``--tf32``,
+    ``torch.set_float32_matmul_precision("high")``): TF32 rounds scores to ~1e-3 and would reorder
+    neighbours that the CPU ranks correctly."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _features(x: torch.Tensor, geometry: str, curvature: float, side: str) -> torch.Tensor:
@@ -292,7 +309,7 @@ def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, 
              labels: tuple[torch.Tensor, torch.Tensor] | None = None,
              ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     work = torch.float64 if exact else torch.promote_types(query.dtype, torch.float32)
-    with torch.no_grad(), _no_autocast(query.device):
+    with torch.no_grad(), _no_autocast(query.device), _full_float32(query.device):
         blocks = _gallery_blocks(gallery.to(work), geometry, curvature, gallery_block_size)
         if labels is not None:
             q_lab_all, g_lab = labels[0].to(query.device), labels[1].to(query.device)

@@ -53,7 +53,7 @@ def _searches(before: dict[str, int], device: str) -> int:
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_knn_on_device_matches_float64_brute_force(device, geometry):
     c = 0.1
-    x, _ = _data(1, c)
+    x, _ = _data(2, c)  # nearest distances ≥ 1.5e-4 apart (relative): no float32 near-ties
     before = search_counts()
     sim, idx = knn(torch.from_numpy(x), k=6, geometry=geometry, curvature=c, device=device, block_size=7,
                    gallery_block_size=13)
@@ -68,7 +68,7 @@ def test_knn_on_device_matches_float64_brute_force(device, geometry):
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_metrics_on_device_match_float64_brute_force(device, geometry):
     c = 0.1
-    x, y = _data(2, c)
+    x, y = _data(0, c)  # sorted distances ≥ 1e-5 apart (relative): the same ranking in float32 anywhere
     q, ql, g, gl = x[:25], y[:25], x[25:], y[25:]
     before = search_counts()
     self_got = retrieval_metrics(torch.from_numpy(x), y, geometry, c, KS, device=device, block_size=7,
@@ -88,8 +88,8 @@ def test_evaluate_embeddings_on_device_matches_float64_brute_force(device):
     """Head (Poincaré), encoder (cosine), hierarchy and radius metrics with ``device=``: all on the
     device, all equal to the textbook loops."""
     c = 0.1
-    x, y = _data(3, c)
-    enc = _encoder_features(x, 4)
+    x, y = _data(0, c)
+    enc = _encoder_features(x, 4)  # head and encoder distances ≥ 8e-6 apart (relative)
     groups = y // 3
     before = search_counts()
     got = evaluate_embeddings(torch.from_numpy(x), torch.from_numpy(enc), y, "poincare", c, KS, groups=groups,
@@ -111,19 +111,29 @@ def test_evaluate_embeddings_on_device_matches_float64_brute_force(device):
 @CUDA
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_cuda_search_and_metrics_equal_the_cpu(geometry):
-    """SOP-like shapes (128-d, many small classes, several query and gallery blocks): same neighbour ids,
-    distances within float32 tolerance, same metrics."""
+    """SOP-like shapes (128-d, many small classes, several query and gallery blocks). float64: the same
+    neighbour ids. float32 with TF32 allowed globally (as ``--tf32`` or bench/gpu_check.py set it): the
+    search still runs in full float32, so distances equal the CPU's to float32 rounding (TF32 would be off
+    by ~1e-3) and only near-ties may swap."""
     x, y = clustered(300, np.random.default_rng(5).integers(2, 13, 300), 128, 0.1, 5)
     x = torch.from_numpy(x.astype(np.float32))
     kw = dict(geometry=geometry, curvature=0.1, block_size=256, gallery_block_size=700)
-    s_cpu, i_cpu = knn(x, k=20, **kw)
-    s_gpu, i_gpu = knn(x, k=20, device="cuda", **kw)
+    _, i_cpu = knn(x, k=20, exact=True, **kw)
+    _, i_gpu = knn(x, k=20, exact=True, device="cuda", **kw)
     assert i_gpu.is_cuda
     np.testing.assert_array_equal(i_gpu.cpu().numpy(), i_cpu.numpy())
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        s_gpu, i_gpu = knn(x, k=20, device="cuda", **kw)
+        gpu = retrieval_metrics(x, y, ks=(1, 10, 100), device="cuda", **kw)
+        assert torch.get_float32_matmul_precision() == "high"  # restored after the search
+    finally:
+        torch.set_float32_matmul_precision(before)
+    s_cpu, i_cpu = knn(x, k=20, **kw)
     np.testing.assert_allclose(s_gpu.cpu().numpy(), s_cpu.numpy(), rtol=1e-4, atol=1e-4)
-    cpu = retrieval_metrics(x, y, ks=(1, 10, 100), **kw)
-    gpu = retrieval_metrics(x, y, ks=(1, 10, 100), device="cuda", **kw)
-    assert gpu == pytest.approx(cpu, abs=1e-12)
+    assert (i_gpu.cpu() == i_cpu).float().mean() > 0.99
+    assert gpu == pytest.approx(retrieval_metrics(x, y, ks=(1, 10, 100), **kw), abs=2e-3)
 
 
 # ---------------------------------------------------------------- one search for the metrics and the top-1
