@@ -194,14 +194,14 @@ def retrieval_metrics_with_nearest(
         raise ValueError("no query has a same-class item in the gallery: retrieval metrics undefined")
     if lone.any():
         warnings.warn(f"{int(lone.sum())} of {n_q} queries have no same-class gallery item; they are "
-                      "left out of the retrieval metrics", stacklevel=2)
+                      "left out of the retrieval metrics", stacklevel=3)
     out: dict[str, float] = {}
     nearest = None
     available = len(g_ids) - int(self_mode)
     ks, dropped = usable_recall_ks(ks, available)
     if dropped and "recall" in include:
         warnings.warn(f"Recall@K dropped for K = {', '.join(map(str, dropped))}: K ≥ the {available} gallery "
-                      "items a query can retrieve, so it would be 100% by construction", stacklevel=2)
+                      "items a query can retrieve, so it would be 100% by construction", stacklevel=3)
     retrieval = [m for m in include if m != "nmi" and (m != "recall" or ks)]
     if retrieval:
         # The blocked search counts the first hit's rank at any depth, so it needs a top-k of max R

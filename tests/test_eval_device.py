@@ -140,7 +140,7 @@ def test_cuda_search_and_metrics_equal_the_cpu(geometry):
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_nearest_from_the_metric_search_is_the_top1(geometry):
     x, y = _data(6)
-    x[[3, 9, 17]] = x[[40, 2, 17]]  # bit-identical rows: ties broken by the lower index
+    x[[3, 9]] = x[[40, 2]]  # bit-identical rows: ties broken by the lower index
     y = y.copy()
     y[0] = 999  # a lone query: it still has a nearest item
     for kw, ref in (({}, None), ({"gallery": torch.from_numpy(x[20:]), "gallery_labels": y[20:]}, x[20:])):
@@ -194,6 +194,7 @@ def test_trainer_evaluation_searches_on_the_model_device(device, tmp_path):
     from modeling_hvit.data import dataset_labels
     from modeling_hvit.data.transforms import EvalTransform, with_image_transform
     from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
+
     test, model = record.eval_split(), record.tiny_model("poincare")
     args = HViTTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=8,
                                  report_to="none", dataloader_num_workers=0, disable_tqdm=True,
