@@ -12,6 +12,11 @@ Each variant runs in its own subprocess; peak memory is that child's ``ru_maxrss
 as an increment over an ``idle`` child that imports the same modules and builds the same data.
 Usage: ``python bench/retrieval.py [--n 60502] [--ref-n 5000] [--faiss]`` (or ``--variant X`` to
 run one variant in this process).
+
+``--evaluation``: the evaluation of those head embeddings as ``hvit eval``/the Trainer score them
+(metrics + radius–correct correlation), ``eval`` (``evaluation.evaluate_embeddings``: the top-1 taken
+from the metric search) against ``eval-two-searches`` (the same numbers with a second, top-1 search, as
+before issue 17), at ``--threads`` threads (default 1: one rank under the launcher) on ``--device``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_hvit.hyperbolic import clip_features, expmap0  # noqa: E402
+from modeling_hvit.evaluation import evaluate_embeddings  # noqa: E402
+from modeling_hvit.hierarchy_metrics import radius_metrics  # noqa: E402
 from modeling_hvit.metrics import retrieval_metrics  # noqa: E402
 
 C, DIM, KS = 0.1, 128, (1, 10, 100, 1000)
@@ -80,7 +87,7 @@ def reference_recall(x: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
     return {f"recall@{k}": hit[:, :k].any(1).float().mean().item() for k in KS}
 
 
-def run_variant(variant: str, n: int) -> dict:
+def run_variant(variant: str, n: int, device: str = "cpu") -> dict:
     x, labels = make_data(n)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0 = ru0.ru_utime + ru0.ru_stime
@@ -91,6 +98,11 @@ def run_variant(variant: str, n: int) -> dict:
         out = reference_recall(x, labels)
     elif variant == "blocked":
         out = retrieval_metrics(x, labels, "poincare", C, KS, include=("recall", "map@r"))
+    elif variant == "eval-two-searches":
+        out = retrieval_metrics(x, labels, "poincare", C, KS, include=("recall", "map@r"), device=device)
+        out |= radius_metrics(x, labels, "poincare", C, device=device)  # its own top-1 search
+    elif variant == "eval":
+        out = evaluate_embeddings(x, None, labels, "poincare", C, KS, include=("recall", "map@r"), device=device)
     elif variant.startswith("faiss-"):
         out = retrieval_metrics(x, labels, "poincare", C, KS, include=("recall", "map@r"),
                                 backend="faiss", faiss_index=variant.split("-", 1)[1])
@@ -104,9 +116,9 @@ def run_variant(variant: str, n: int) -> dict:
             "metrics": {k: round(v, 4) for k, v in out.items()}}
 
 
-def spawn(variant: str, n: int, timeout: float) -> dict:
+def spawn(variant: str, n: int, timeout: float, extra: tuple[str, ...] = ()) -> dict:
     try:
-        proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--n", str(n)],
+        proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--n", str(n), *extra],
                               capture_output=True, text=True, check=True, timeout=timeout)
     except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as err:
         note = (f"timed out after {timeout:.0f} s" if isinstance(err, subprocess.TimeoutExpired)
@@ -122,10 +134,19 @@ def main() -> None:
     ap.add_argument("--ref-n", type=int, default=5000)
     ap.add_argument("--faiss", action="store_true", help="also time the FAISS flat/ivf/hnsw backends")
     ap.add_argument("--timeout", type=float, default=900, help="per-variant limit in seconds")
+    ap.add_argument("--evaluation", action="store_true",
+                    help="time the evaluation (metrics + radius) with one search against two, at N only")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per variant (--evaluation: default 1)")
+    ap.add_argument("--device", default="cpu", help="where the search runs (--evaluation)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.n)))
+        print(json.dumps(run_variant(args.variant, args.n, args.device)))
+        return
+    if args.evaluation:
+        evaluation(args)
         return
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
@@ -153,6 +174,22 @@ def main() -> None:
           f"ours measured: {ours_full['wall_s']:.1f} s, +{ours_full['peak_increment_mb']:.0f} MB")
     agree = all(abs(ref["metrics"][k] - ours_small["metrics"][k]) < 1e-3 for k in ref["metrics"])
     print(f"Recall@K agree between reference and blocked at N={args.ref_n}: {agree}")
+
+
+def evaluation(args: argparse.Namespace) -> None:
+    """One search (metrics + top-1) vs two, same process settings, same data."""
+    extra = ("--threads", str(args.threads or 1), "--device", args.device)
+    print(f"torch {torch.__version__}, {args.threads or 1} thread(s) per variant, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at start; N={args.n}, dim={DIM}, c={C}, K={KS}, device {args.device}")
+    rows = {}
+    for v in ("idle", "eval-two-searches", "eval"):
+        r = rows[v] = spawn(v, args.n, args.timeout, extra)
+        print(f"{v:<18} {r['wall_s']:>8.2f} s wall {r['cpu_s']:>7} s CPU  peak RSS {r['maxrss_mb']:>7.0f} MB  "
+              f"{r['metrics']} {r.get('note', '')}", flush=True)
+    two, one = rows["eval-two-searches"], rows["eval"]
+    print(f"\none search / two searches: {one['wall_s'] / two['wall_s']:.2f}x wall, "
+          f"{one['cpu_s'] / two['cpu_s']:.2f}x CPU; same numbers: {one['metrics'] == two['metrics']}; "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,24 @@ with one small extra all-gather and a mismatch raises ``ValueError`` on every ra
 hanging or silently misaligning. Uses only public ``torch.distributed`` calls (all_gather,
 all_reduce), not the deprecated ``torch.distributed.nn`` functional API. With one process (or no
 process group) both functions return their input unchanged.
+
+:func:`run_on_main` runs a computation (the evaluation's neighbour search and metrics) on rank 0 only
+and gives every rank its result, so W processes do not repeat the same work W times.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["GatherWithGrad", "gather_batch", "gather_with_grad", "gather_without_grad", "is_distributed"]
+__all__ = ["GatherWithGrad", "gather_batch", "gather_with_grad", "gather_without_grad", "is_distributed", "run_on_main"]
+
+T = TypeVar("T")
 
 _MAX_DIMS = 8
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -110,3 +120,37 @@ def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
         raise ValueError(f"gather_batch: {embeddings.shape[0]} embeddings but {labels.shape[0]} labels per "
                          f"process")
     return emb, lab
+
+
+def run_on_main(fn: Callable[[], T], *, share_threads: bool = False) -> T:
+    """``fn()`` on rank 0 only; every rank returns its (pickled, broadcast) result. A collective: every
+    rank calls it. An exception in ``fn`` is raised on every rank (rank 0: the original; the others: the
+    same exception when it pickles, else a RuntimeError with its message), so no rank waits forever.
+    ``share_threads``: rank 0 runs ``fn`` with the torch threads of all its node's processes
+    (``LOCAL_WORLD_SIZE`` × its own; the launcher gives each one thread), which wait meanwhile."""
+    if not is_distributed():
+        return fn()
+    box: list = [None]
+    error = None
+    if dist.get_rank() == 0:
+        threads = torch.get_num_threads()
+        if share_threads:
+            torch.set_num_threads(threads * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+        try:
+            box[0] = (True, fn())
+        except Exception as err:  # noqa: BLE001 - sent to the other ranks, then raised here too
+            error = err
+            try:
+                pickle.dumps(err)
+                box[0] = (False, err)
+            except Exception:  # noqa: BLE001
+                box[0] = (False, RuntimeError(f"on the main process: {type(err).__name__}: {err}"))
+        finally:
+            torch.set_num_threads(threads)
+    dist.broadcast_object_list(box, src=0)  # NCCL: through the current CUDA device (set by the launcher)
+    ok, value = box[0]
+    if error is not None:
+        raise error
+    if not ok:
+        raise value
+    return value

@@ -8,7 +8,9 @@ against the gallery, others (``test``) every image against all the others. The T
 and ``eval_hvit.py`` share ``retrieval_metrics`` (on already computed embeddings) and
 ``embed_dataset``. ``--plot`` draws the head embeddings in the Poincaré disk (``visualize``).
 Both also report the hierarchy metrics when the split has a hierarchy column and the radius–correct
-correlation (``hierarchy_metrics``), through ``evaluate_embeddings``.
+correlation (``hierarchy_metrics``), through ``evaluate_embeddings``. The search and the metrics run on
+the evaluation's device (the model's GPU); on CUDA ``hvit eval`` embeds under bf16 autocast with
+decoding workers by default (``resolve_eval_settings``), on the CPU in fp32 in the process.
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics, usable_recall_ks
+from .metrics import DEFAULT_METRICS, recall_ks_for, retrieval_metrics, retrieval_metrics_with_nearest, usable_recall_ks
 from .data.transforms import pixel_values_for
 
-__all__ = ["EvalArguments", "embed_dataset", "evaluate_embeddings", "format_extra", "format_table",
+__all__ = ["EvalArguments", "EvalSettings", "embed_dataset", "evaluate_embeddings", "format_extra", "format_table",
            "head_linear_output", "hierarchy_column_of", "main", "recorded_data_arguments", "resolve_data_arguments",
-           "resolve_dtype", "retrieval_metrics"]
+           "resolve_dtype", "resolve_eval_settings", "retrieval_metrics"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,10 +44,12 @@ class EvalArguments:
     output_dir: str | None = field(default=None, metadata={"help": "Where metrics.json (and the plot) go; "
                                    "default ./eval-<model name>-<dataset>."})
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1, ..."})
-    precision: str = field(default="fp32", metadata={"help": "Encoder autocast: fp32, fp16 or bf16 "
-                           "(the head and all distances stay fp32)."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers for decoding images."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1, ... "
+                        "The neighbour search and the metrics run there too."})
+    precision: str = field(default="auto", metadata={"help": "Encoder autocast: fp32, fp16 or bf16 (the head and all "
+                           "distances stay fp32); auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."})
+    num_workers: int | None = field(default=None, metadata={"help": "DataLoader workers decoding images; default "
+                                    "min(8, CPUs / processes on this node) on CUDA, 0 (in this process) on CPU."})
     image_size: int | None = field(default=None, metadata={"help": "Input size; default the backbone's."})
     recall_ks: str | None = field(default=None, metadata={"help": "Comma-separated K; default by dataset."})
     nmi: bool = field(default=False, metadata={"help": "Also compute NMI (k-means, slow on large sets)."})
@@ -70,6 +74,46 @@ def resolve_dtype(precision: str) -> torch.dtype:
 
         raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
+
+
+class EvalSettings(NamedTuple):
+    """How ``hvit eval`` embeds: the encoder's autocast dtype and the DataLoader workers."""
+
+    dtype: torch.dtype
+    num_workers: int
+
+
+def resolve_eval_settings(device_type: str, precision: str = "auto", num_workers: int | None = None, *,
+                          bf16_supported: bool | None = None, cpus: int | None = None,
+                          local_processes: int | None = None) -> EvalSettings:
+    """The evaluation's defaults for a device type (``cuda``, ``cpu``, ...); an explicit value wins.
+
+    On CUDA: bf16 autocast for the encoder (fp16 where the GPU has no bf16; the head and distances
+    stay fp32, as in training) and ``min(8, CPUs / processes on this node)`` decoding workers, so the
+    GPU is not left waiting on one process decoding JPEGs. Elsewhere: fp32 and 0 workers (the model
+    shares the CPU cores with any worker). ``bf16_supported``/``cpus``/``local_processes`` default to
+    this machine's."""
+    if precision not in ("auto", *PRECISIONS):
+        from .errors import UserError
+
+        raise UserError(f"--precision {precision!r}: expected one of auto, {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device_type == "cuda":
+            if bf16_supported is None:
+                bf16_supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            precision = "bf16" if bf16_supported else "fp16"
+        else:
+            precision = "fp32"
+    dtype = resolve_dtype(precision)
+    if num_workers is None:
+        from .trainer import default_num_workers  # training's rule (trainer imports this module)
+
+        num_workers = default_num_workers(cpus, local_processes) if device_type == "cuda" else 0
+    elif num_workers < 0:
+        from .errors import UserError
+
+        raise UserError(f"--num_workers {num_workers}: expected ≥ 0 (or leave it unset for the device's default)")
+    return EvalSettings(dtype, int(num_workers))
 
 
 def _device(name: str) -> torch.device:
@@ -121,17 +165,19 @@ def evaluate_embeddings(emb: torch.Tensor, enc: torch.Tensor | None, labels: Any
     """Head metrics in its geometry plus ``encoder_``-prefixed cosine metrics of the encoder features.
     ``gallery=(emb, enc, labels)`` scores the queries against it (In-Shop).
 
-    Also, from one top-1 search of the head embeddings: with ``groups`` (a super-class per item;
-    self-retrieval only) ``coarse_recall@K``, ``coarse_map@r``, ``mistake_severity@1``, and
-    ``radius_correct_correlation`` (``hierarchy_metrics.radius_metrics``; for the sphere only with
-    ``head_output``, the head's linear output before normalisation: ``head_linear_output``)."""
+    Also, from the head's top-1 (the nearest neighbours of its metric search, not a second search): with
+    ``groups`` (a super-class per item; self-retrieval only) ``coarse_recall@K``, ``coarse_map@r``,
+    ``mistake_severity@1``, and ``radius_correct_correlation`` (``hierarchy_metrics.radius_metrics``;
+    for the sphere only with ``head_output``, the head's linear output before normalisation:
+    ``head_linear_output``). ``search_kwargs`` go to every search (``device``: where it and the
+    per-query metrics run, e.g. the model's GPU; ``block_size``, ``backend``, ...)."""
     from .hierarchy_metrics import hierarchy_metrics, nearest_other, radius_metrics
 
     g_emb, g_enc, g_lab = gallery if gallery is not None else (None, None, None)
     if groups is not None and gallery is not None:
         raise ValueError("hierarchy metrics are defined for self-retrieval only (no gallery)")
-    out = retrieval_metrics(emb, labels, geometry, curvature, ks, gallery=g_emb, gallery_labels=g_lab,
-                            include=include, **search_kwargs)
+    out, top1 = retrieval_metrics_with_nearest(emb, labels, geometry, curvature, ks, gallery=g_emb,
+                                               gallery_labels=g_lab, include=include, **search_kwargs)
     if enc is not None:
         enc_out = retrieval_metrics(enc, labels, "sphere", curvature, ks, gallery=g_enc,
                                     gallery_labels=g_lab, include=include, **search_kwargs)
@@ -140,7 +186,8 @@ def evaluate_embeddings(emb: torch.Tensor, enc: torch.Tensor | None, labels: Any
     if groups is None and not with_radius:
         return out
     search = {k: v for k, v in search_kwargs.items() if k not in ("seed", "progress")}
-    top1 = nearest_other(emb, geometry, curvature, g_emb, **search)
+    if top1 is None:  # no metric search ran (only NMI asked for)
+        top1 = nearest_other(emb, geometry, curvature, g_emb, **search)
     if groups is not None:
         ks_ = [k for k in (ks or (1,)) if k < len(labels) - 1] or [1]
         out.update(hierarchy_metrics(emb, labels, groups, geometry, curvature, ks_, top1=top1, **search))
@@ -309,7 +356,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.set_defaults(**{f.name: _UNSET for f in fields(DataArguments)})  # tells given flags from defaults
     args, dargs = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
-    dtype, device = resolve_dtype(args.precision), _device(args.device)
+    device = _device(args.device)
+    settings = resolve_eval_settings(device.type, args.precision, args.num_workers)
+    print(f"device: {device}, encoder precision {str(settings.dtype).removeprefix('torch.')}, "
+          f"{settings.num_workers} decoding worker(s)")
     dargs, data_source = resolve_data_arguments(dargs, args.model)
     print(f"dataset: {dargs.dataset} ({data_source})")
     ks = tuple(int(k) for k in args.recall_ks.split(",")) if args.recall_ks else recall_ks_for(dargs.dataset)
@@ -329,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     embedded = {}
     for name in names:
         raw, ds, labels = _prepare(model, args, dargs.dataset, dsd[name])
-        emb, enc, lab = embed_dataset(model, ds, args.batch_size, device, dtype, num_workers=args.num_workers,
+        emb, enc, lab = embed_dataset(model, ds, args.batch_size, device, settings.dtype, num_workers=settings.num_workers,
                                       progress=args.progress, desc=f"embedding {name}")
         if lab.tolist() != list(labels):
             raise RuntimeError(f"split {name!r}: labels from the transform differ from the dataset's")
@@ -346,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = evaluate_embeddings(
         emb, enc, lab, geometry, curvature, ks, gallery=gallery, include=include, groups=groups,
         head_output=head_output, backend=args.backend, faiss_index=args.faiss_index, block_size=args.block_size,
-        progress=args.progress, seed=args.seed)
+        progress=args.progress, seed=args.seed, device=device)
     if column:
         metrics["hierarchy_column"] = column
     metrics.update(_fewshot(args, emb, lab, groups, geometry, curvature))

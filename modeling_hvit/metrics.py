@@ -41,7 +41,8 @@ METRICS = ("recall", "precision@1", "r_precision", "map@r", "nmi")
 DEFAULT_METRICS = ("recall", "precision@1", "r_precision", "map@r")
 
 __all__ = ["RECALL_KS", "DEFAULT_RECALL_KS", "METRICS", "DEFAULT_METRICS", "recall_ks_for",
-           "encode_labels", "metrics_from_matches", "nmi", "retrieval_metrics", "usable_recall_ks"]
+           "encode_labels", "metrics_from_matches", "nmi", "retrieval_metrics", "retrieval_metrics_with_nearest",
+           "usable_recall_ks"]
 
 
 def recall_ks_for(dataset: str | None) -> tuple[int, ...]:
@@ -146,21 +147,31 @@ def nmi(embeddings: Any, labels: Any, geometry: str = "poincare", seed: int = 0)
 
 
 def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", curvature: float = 0.1,
-                      ks: Sequence[int] | None = None, *, gallery: Any | None = None,
-                      gallery_labels: Any | None = None, include: Sequence[str] = DEFAULT_METRICS,
-                      backend: str = "blocked", block_size: int = 1024, gallery_block_size: int = 65536,
-                      exact: bool = False, faiss_index: str = "flat",
-                      device: torch.device | str | None = None, progress: bool = False,
-                      seed: int = 0, **search_kwargs: Any) -> dict[str, float]:
+                      ks: Sequence[int] | None = None, **kwargs: Any) -> dict[str, float]:
     """All requested metrics from one blocked search (top-k of k = max R, plus each query's first-hit
     rank at any depth; FAISS: a k-NN search with k = max(max K, max R)).
 
     ``embeddings``/``labels`` are the queries; without ``gallery`` they are searched against
     themselves (self excluded by index), with it against the gallery (In-Shop). Keys:
     ``recall@K`` for each K, ``precision@1``, ``r_precision``, ``map@r``, ``nmi`` (only when in
-    ``include``); values are fractions in [0, 1]. ``search_kwargs`` go to the search (FAISS
-    ``nprobe``, ``ef_search``, ``refine``, …; see ``retrieval.iter_knn``).
+    ``include``); values are fractions in [0, 1]. The search runs on ``device`` (default: where
+    ``embeddings`` are), in blocks of ``block_size`` queries × ``gallery_block_size`` items, and so
+    do the per-query metrics; only the means come back to the CPU. Other keyword arguments go to the
+    search (FAISS ``nprobe``, ``ef_search``, ``refine``, …; see ``retrieval.iter_knn``).
     """
+    return retrieval_metrics_with_nearest(embeddings, labels, geometry, curvature, ks, **kwargs)[0]
+
+
+def retrieval_metrics_with_nearest(
+        embeddings: Any, labels: Any, geometry: str = "poincare", curvature: float = 0.1,
+        ks: Sequence[int] | None = None, *, gallery: Any | None = None, gallery_labels: Any | None = None,
+        include: Sequence[str] = DEFAULT_METRICS, backend: str = "blocked", block_size: int = 1024,
+        gallery_block_size: int = 65536, exact: bool = False, faiss_index: str = "flat",
+        device: torch.device | str | None = None, progress: bool = False, seed: int = 0,
+        **search_kwargs: Any) -> tuple[dict[str, float], torch.Tensor | None]:
+    """``retrieval_metrics`` and, from the same search, each query's nearest gallery item (n,) int64 on
+    the CPU (itself excluded in self-retrieval; the first column of the top-k), or None when no search
+    ran (only ``nmi`` asked for). The hierarchy and radius metrics need that top-1: no second search."""
     unknown = set(include) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
@@ -183,13 +194,14 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
         raise ValueError("no query has a same-class item in the gallery: retrieval metrics undefined")
     if lone.any():
         warnings.warn(f"{int(lone.sum())} of {n_q} queries have no same-class gallery item; they are "
-                      "left out of the retrieval metrics", stacklevel=2)
+                      "left out of the retrieval metrics", stacklevel=3)
     out: dict[str, float] = {}
+    nearest = None
     available = len(g_ids) - int(self_mode)
     ks, dropped = usable_recall_ks(ks, available)
     if dropped and "recall" in include:
         warnings.warn(f"Recall@K dropped for K = {', '.join(map(str, dropped))}: K ≥ the {available} gallery "
-                      "items a query can retrieve, so it would be 100% by construction", stacklevel=2)
+                      "items a query can retrieve, so it would be 100% by construction", stacklevel=3)
     retrieval = [m for m in include if m != "nmi" and (m != "recall" or ks)]
     if retrieval:
         # The blocked search counts the first hit's rank at any depth, so it needs a top-k of max R
@@ -197,18 +209,21 @@ def retrieval_metrics(embeddings: Any, labels: Any, geometry: str = "poincare", 
         k = int(n_rel.max()) if backend == "blocked" or not ks else max(ks[-1], int(n_rel.max()))
         k = min(max(k, 1), available)
         parts: dict[str, list[torch.Tensor]] = {}
+        top1: list[torch.Tensor] = []
         for q0, _, idx, first in iter_knn_first_hit(
                 embeddings, q_ids, gallery, None if self_mode else g_ids, k, geometry, curvature,
                 exclude_self=self_mode, block_size=block_size, gallery_block_size=gallery_block_size,
                 exact=exact, backend=backend, faiss_index=faiss_index, device=device, progress=progress,
                 **search_kwargs):
             b = idx.shape[0]
+            top1.append(idx[:, 0])
             keep = ~lone[q0:q0 + b].to(idx.device)
             matches = (g_ids.to(idx.device)[idx] == q_ids[q0:q0 + b].to(idx.device)[:, None])[keep]
             for key, val in _per_query(matches, n_rel[q0:q0 + b].to(idx.device)[keep], ks, retrieval,
                                        first[keep]).items():
                 parts.setdefault(key, []).append(val)
         out.update({key: _mean(val) for key, val in parts.items()})
+        nearest = torch.cat(top1).cpu()
     if "nmi" in include:
         out["nmi"] = nmi(embeddings, labels, geometry, seed)
-    return out
+    return out, nearest

@@ -22,12 +22,15 @@ gallery index; with ``exclude_self`` the query's own index (not every zero-dista
 Bit-identical gallery rows are scored once per query and the score copied to each of them (all in one
 gallery block), so they tie exactly: a float32 matrix product may round equal rows differently by
 their position, which made rankings and metrics depend on the block sizes.
-Works on any device the tensors live on.
+Works on any device the tensors live on (``device=`` moves them there: the evaluation searches on the
+model's GPU); ``search_counts`` tells how many searches ran in this process, per device type.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +46,16 @@ from .lorentz import gallery_features, query_features
 BACKENDS = ("blocked", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
-__all__ = ["BACKENDS", "FAISS_INDEXES", "iter_knn", "iter_knn_first_hit", "knn"]
+__all__ = ["BACKENDS", "FAISS_INDEXES", "iter_knn", "iter_knn_first_hit", "knn", "search_counts"]
+
+_SEARCHES: Counter[str] = Counter()
+
+
+def search_counts() -> dict[str, int]:
+    """Searches started in this process so far, by the device type they ran on (``cpu``, ``cuda``; the
+    FAISS backend counts as ``cpu``). A diagnostic: under several processes the evaluation searches on
+    the main process only, which this shows without timing anything."""
+    return dict(_SEARCHES)
 
 
 def _as_tensor(x: Any, name: str, device: torch.device | str | None) -> torch.Tensor:
@@ -64,6 +76,22 @@ def _as_tensor(x: Any, name: str, device: torch.device | str | None) -> torch.Te
         raise ValueError(f"{name} has non-finite values (NaN/inf) in rows {rows}"
                          f"{' ...' if int(bad.sum()) > 5 else ''}: fix the model output before retrieval")
     return x
+
+
+@contextlib.contextmanager
+def _full_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 matrix products on CUDA even where TF32 is allowed globally (``--tf32``,
+    ``torch.set_float32_matmul_precision("high")``): TF32 rounds scores to ~1e-3 and would reorder
+    neighbours that the CPU ranks correctly."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _features(x: torch.Tensor, geometry: str, curvature: float, side: str) -> torch.Tensor:
@@ -281,7 +309,7 @@ def _blocked(query: torch.Tensor, gallery: torch.Tensor, k: int, geometry: str, 
              labels: tuple[torch.Tensor, torch.Tensor] | None = None,
              ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     work = torch.float64 if exact else torch.promote_types(query.dtype, torch.float32)
-    with torch.no_grad(), _no_autocast(query.device):
+    with torch.no_grad(), _no_autocast(query.device), _full_float32(query.device):
         blocks = _gallery_blocks(gallery.to(work), geometry, curvature, gallery_block_size)
         if labels is not None:
             q_lab_all, g_lab = labels[0].to(query.device), labels[1].to(query.device)
@@ -416,6 +444,7 @@ def _search(query: Any, gallery: Any | None, k: int, geometry: str, curvature: f
         labels = tuple(torch.as_tensor(lab, dtype=torch.int64) for lab in labels)
         if labels[0].shape != (q.shape[0],) or labels[1].shape != (g.shape[0],):
             raise ValueError(f"labels must be 1-d with {q.shape[0]} query and {g.shape[0]} gallery entries")
+    _SEARCHES["cpu" if backend == "faiss" else q.device.type] += 1
     bar = _progress(q.shape[0], progress, "k-NN search")
     if backend == "faiss":
         gen = _faiss(q, g, k, geometry, curvature, exclude_self, block_size, faiss_index, nprobe,

@@ -179,9 +179,12 @@ def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], 
     prefix with ``dataloader_drop_last``; their labels must equal (that prefix of) ``labels``, else the
     evaluation stops rather than pair items with another item's super-class.
     ``radius_correct_correlation`` is always reported, except for the sphere without ``head`` (the model's
-    linear head: the sphere's radius is the norm of its output before normalisation)."""
+    linear head: the sphere's radius is the norm of its output before normalisation).
+    ``device``: where the neighbour search and the metrics run (`HViTTrainer` passes the model's device;
+    default: the CPU)."""
 
-    def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None) -> dict[str, float]:
+    def compute_metrics(pred: EvalPrediction, gallery: EvalPrediction | None = None,
+                        device: torch.device | str | None = None) -> dict[str, float]:
         emb, enc = (torch.as_tensor(np.asarray(a)) for a in pred.predictions)
         labels = np.asarray(pred.label_ids)
         ks_ = ks or DEFAULT_RECALL_KS  # K ≥ the gallery: dropped with a warning (metrics.usable_recall_ks)
@@ -199,7 +202,7 @@ def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], 
         head_output = head_linear_output(head, enc) if head is not None and geometry == "sphere" else None
         c = curvature() if callable(curvature) else curvature
         return evaluate_embeddings(emb, enc, labels, geometry, c, ks_, gallery=ref, groups=groups,
-                                   head_output=head_output)
+                                   head_output=head_output, device=device)
 
     return compute_metrics
 
@@ -212,7 +215,8 @@ class HViTTrainer(Trainer):
     - the loss is `PairwiseCrossEntropyLoss` on the embeddings of *all* ranks, gathered with gradient:
       parameter gradients equal a single process on the global batch;
     - AdamW with weight decay on every parameter (the original), constant LR, clip 3 (the arguments);
-    - evaluation embeds the eval split and reports retrieval metrics (`make_compute_metrics`);
+    - evaluation embeds the eval split and reports retrieval metrics (`make_compute_metrics`), computed
+      once, by the main process on the model's device, and broadcast: every rank logs/returns the same;
     - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs;
     - a NaN/inf loss or gradient norm stops the run at that step (or skips the update,
       ``on_nonfinite="skip"``);
@@ -338,10 +342,34 @@ class HViTTrainer(Trainer):
             gallery = self.predict(self.gallery_dataset)
         finally:
             self.compute_metrics = compute
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in compute(queries, gallery).items()}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._metrics_on_main(compute, queries, gallery).items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def evaluation_loop(self, *args, **kwargs):
+        """As the Trainer's, with `compute_metrics` run once (`_metrics_on_main`) instead of on every rank."""
+        compute = self.compute_metrics
+        if compute is not None and not self.args.batch_eval_metrics:
+            self.compute_metrics = functools.partial(self._metrics_on_main, compute)
+        try:
+            return super().evaluation_loop(*args, **kwargs)
+        finally:
+            self.compute_metrics = compute
+
+    def _metrics_on_main(self, compute: Callable[..., dict], *args, **kwargs) -> dict[str, float]:
+        """``compute(*args)`` on the main process only, every rank getting its result (the predictions are
+        already gathered on every rank): the k-NN search is not repeated by each process. A ``compute``
+        with a ``device`` parameter (`make_compute_metrics`) searches on the model's device; on the CPU
+        with the threads of the node's processes, which wait for the result."""
+        import inspect
+
+        from .distributed import run_on_main
+
+        device = next(self.accelerator.unwrap_model(self.model).parameters()).device
+        if "device" in inspect.signature(compute).parameters:
+            kwargs.setdefault("device", device)
+        return run_on_main(lambda: compute(*args, **kwargs), share_threads=device.type == "cpu")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Weights through `from_pretrained`, which maps the legacy on-disk ViT key names back to the

@@ -90,7 +90,9 @@ def test_main_in_process_matches_an_independent_oracle(tiny_model, tmp_path, mon
     correct = y[_oracle_nearest(x, "poincare")] == y
     assert saved["radius_correct_correlation"] == pytest.approx(stats.pointbiserialr(correct, radius).statistic,
                                                                 abs=1e-6)
-    assert "radius_correct_correlation" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "radius_correct_correlation" in printed
+    assert "device: cpu, encoder precision float32, 0 decoding worker(s)" in printed  # the CPU defaults
 
 
 def test_sphere_radius_is_the_head_output_norm(tmp_path, monkeypatch):
@@ -139,7 +141,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     # a bad --precision: one line naming the flag and the allowed values, no traceback
     assert run("eval", ["--model", str(tmp_path), "--precision", "fp8", "--progress", "false"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "hvit eval: error: --precision 'fp8': expected one of fp32, fp16, bf16"
+    assert err.strip() == "hvit eval: error: --precision 'fp8': expected one of auto, fp32, fp16, bf16"
 
 
 def test_unknown_hierarchy_column_is_a_one_line_error(tiny_model, tmp_path, monkeypatch, capsys):

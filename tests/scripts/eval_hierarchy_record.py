@@ -6,7 +6,10 @@
 
 A seeded tiny model evaluates the demo test split (an odd number of images, batches of 4, so the
 ranks' shards are uneven and accelerate pads the last one) with its super-classes; each rank writes
-``OUT_DIR/rank{r}.json``: {"world_size", "metrics"}. The test compares them with one process.
+``OUT_DIR/rank{r}.json``: {"world_size", "metrics", "searches" (k-NN searches this rank ran during the
+evaluation, ``retrieval.search_counts``), "error" (what ``run_on_main`` raised on this rank when the
+main process's computation failed), "threads" (torch threads: this rank's, rank 0's inside
+``run_on_main(share_threads=True)``, this rank's after it)}. The test compares them with one process.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from modeling_hvit import HViTModel
 from modeling_hvit.configuration_hvit import HViTConfig
 from modeling_hvit.data import build_dataset, dataset_labels
 from modeling_hvit.data.transforms import EvalTransform, with_image_transform
+from modeling_hvit.distributed import run_on_main
+from modeling_hvit.retrieval import search_counts
 from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
 
 TINY = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -49,9 +54,18 @@ def main(out_dir: Path) -> None:
     trainer = HViTTrainer(model=model, args=args, eval_dataset=with_image_transform(test, EvalTransform(16)),
                           compute_metrics=make_compute_metrics("sphere", 0.1, (1, 2), hierarchy=hierarchy,
                                                                head=model.head))
+    before = sum(search_counts().values())
     metrics = trainer.evaluate()
+    searches = sum(search_counts().values()) - before
+    try:
+        run_on_main(lambda: int("not a number"))
+        error = None
+    except ValueError as err:
+        error = str(err)
+    threads = torch.get_num_threads(), run_on_main(torch.get_num_threads, share_threads=True)
     (out_dir / f"rank{args.process_index}.json").write_text(json.dumps(
-        {"world_size": args.world_size, "metrics": metrics}))
+        {"world_size": args.world_size, "metrics": metrics, "searches": searches, "error": error,
+         "threads": [threads[0], threads[1], torch.get_num_threads()]}))
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
 
