@@ -45,8 +45,8 @@ from PIL import Image
 
 from .transforms import BICUBIC, to_rgb
 
-__all__ = ["FORMATS", "build_cache", "cache_fingerprint", "decode_cached", "default_cache_dir", "encode_cached",
-           "main", "reduce_image", "reduced_size"]
+__all__ = ["FORMATS", "build_cache", "cache_fingerprint", "cache_path", "decode_cached", "default_cache_dir",
+           "encode_cached", "is_complete", "main", "reduce_image", "reduced_size"]
 
 FORMATS = ("jpeg", "raw")
 CACHE_VERSION = 1
@@ -173,14 +173,22 @@ def _files_of(path: Path) -> dict[str, int]:
     return {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file() and f.name != META}
 
 
-def _complete(path: Path) -> bool:
+def is_complete(path: str | os.PathLike) -> bool:
     """A finished cache: its metadata exists and every file it lists has the listed size (a truncated
     or half-copied cache is not read)."""
+    path = Path(path)
     try:
         meta = json.loads((path / META).read_text())
         return meta.get("version") == CACHE_VERSION and _files_of(path) == meta["files"]
     except (OSError, ValueError, KeyError):
         return False
+
+
+def cache_path(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, fmt: str = "jpeg", quality: int = 95,
+               draft: bool = True, image_column: str = "image") -> Path:
+    """Where `build_cache` keeps the cache of ``dataset`` with these settings (complete or not)."""
+    fp = cache_fingerprint(dataset, min_side=min_side, fmt=fmt, quality=quality, draft=draft, image_column=image_column)
+    return Path(cache_dir) / fp
 
 
 def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, fmt: str = "jpeg", quality: int = 95,
@@ -201,9 +209,10 @@ def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, f
         raise ValueError(f"min_side must be ≥ 1 and quality in 1..100, got min_side={min_side}, quality={quality}")
     if image_column not in dataset.column_names:
         raise KeyError(f"dataset has no column {image_column!r} (columns: {dataset.column_names})")
-    fp = cache_fingerprint(dataset, min_side=min_side, fmt=fmt, quality=quality, draft=draft, image_column=image_column)
-    path = Path(cache_dir) / fp
-    if _complete(path):
+    path = cache_path(dataset, cache_dir, min_side=min_side, fmt=fmt, quality=quality, draft=draft,
+                      image_column=image_column)
+    fp = path.name
+    if is_complete(path):
         return datasets.load_from_disk(str(path))
     if path.exists():
         warnings.warn(f"image cache {path} is incomplete or damaged; rebuilding it", stacklevel=2)
@@ -222,12 +231,12 @@ def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, f
             "draft": draft, "image_column": image_column, "rows": len(cached),
             "build_seconds": round(time.perf_counter() - start, 2), "files": _files_of(tmp)}
     (tmp / META).write_text(json.dumps(meta, indent=2))
-    if not _complete(path):  # another process may have finished first: keep its cache
+    if not is_complete(path):  # another process may have finished first: keep its cache
         shutil.rmtree(path, ignore_errors=True)  # an incomplete or damaged earlier attempt
         try:
             tmp.rename(path)
         except OSError:  # renamed into place by another process meanwhile
-            if not _complete(path):
+            if not is_complete(path):
                 raise
     shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(path))
