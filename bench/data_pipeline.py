@@ -1,6 +1,8 @@
 # Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
 """Data pipeline throughput on real Caltech-101 JPEGs (or the demo): decode, + train/eval transform,
-N workers, and the same from the decode-once cache (`modeling_hvit.data.cache`, JPEG q95 and raw).
+N workers, and the same from the decode-once cache (`modeling_hvit.data.cache`, JPEG q95 and raw);
+and the `--augment_on_device` pipeline: workers decode to uint8 only (`DecodeTransform`), batches are
+padded (`collate_padded`) and `BatchedTrainTransform` crops them (here on the CPU, for its cost there).
 
     .venv/bin/python bench/data_pipeline.py [--data_dir ../shared/data/caltech101] [--n_images 1024]
     .venv/bin/python bench/data_pipeline.py --dataset demo --image_size 32
@@ -45,15 +47,25 @@ def _dataset(args):
 def run_variant(args) -> dict:
     import torch
 
-    from modeling_hvit.data.transforms import EvalTransform, TrainTransform, to_rgb, with_image_transform
+    from modeling_hvit.data.batched_transforms import BatchedTrainTransform, collate_padded
+    from modeling_hvit.data.transforms import (DecodeTransform, EvalTransform, TrainTransform, to_rgb,
+                                               with_image_transform)
 
     torch.set_num_threads(1)
     ds = _dataset(args)
     n = len(ds)
     variant = args.variant.split("_", 2)[-1] if args.variant.startswith("cache_") else args.variant
-    if variant.startswith("loader"):
-        workers = int(variant.removeprefix("loader"))
-        out = with_image_transform(ds, TrainTransform(args.image_size, seed=0))
+    padded_mib = []
+    if variant.startswith("loader"):  # loaderN: PIL train transform; loaderdevN: decode-only + padding
+        device = variant.startswith("loaderdev")
+        workers = int(variant.removeprefix("loaderdev" if device else "loader"))
+        out = with_image_transform(ds, DecodeTransform() if device else TrainTransform(args.image_size, seed=0))
+        collate = collate_padded if device else None
+    elif variant == "decodeu8":  # what a worker does with --augment_on_device
+        t = DecodeTransform()
+    elif variant == "batched":  # decode-only items, padded batches of 64, batched augmentation on the CPU
+        items = [DecodeTransform()(row["image"]) for row in ds]
+        aug = BatchedTrainTransform(args.image_size, seed=0)
     elif variant in ("train", "eval"):
         t = TrainTransform(args.image_size, seed=0) if variant == "train" else EvalTransform(args.image_size)
     elif variant.startswith("reduce"):  # building the cache: decode + reduce to the cache size, per image
@@ -69,20 +81,28 @@ def run_variant(args) -> dict:
         if variant == "decode":
             for row in ds:
                 to_rgb(row["image"]).load()
-        elif variant in ("train", "eval"):
+        elif variant in ("train", "eval", "decodeu8"):
             for row in ds:
                 t(row["image"])
+        elif variant == "batched":
+            for i in range(0, n, 64):
+                batch = collate_padded([{"pixel_values": x, "labels": 0} for x in items[i:i + 64]])
+                padded_mib.append(batch["pixel_values"].numel() / 2**20)
+                aug(batch["pixel_values"], batch["image_sizes"])
         elif variant.startswith("reduce"):
             for data in raw:
                 reduce_image(data, args.min_side, draft=variant == "reduce_draft")
         else:  # DataLoader with workers (started per pass), train transform, default collation
-            loader = torch.utils.data.DataLoader(out, batch_size=64, num_workers=workers)
+            loader = torch.utils.data.DataLoader(out, batch_size=64, num_workers=workers, collate_fn=collate)
             for batch in loader:
-                assert batch["pixel_values"].shape[1:] == (3, args.image_size, args.image_size)
+                assert batch["pixel_values"].shape[1] == 3 and (device or batch["pixel_values"].shape[2] == args.image_size)
         times.append(time.perf_counter() - start)
     seconds = min(times)
     peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"variant": args.variant, "images": n, "seconds": seconds, "peak_mib": peak_kib / 1024}
+    out = {"variant": args.variant, "images": n, "seconds": seconds, "peak_mib": peak_kib / 1024}
+    if padded_mib:
+        out["padded_mib_per_64"] = sum(padded_mib) / len(padded_mib)
+    return out
 
 
 def build_caches(args) -> dict:
@@ -143,9 +163,10 @@ def main() -> None:
         print(f"cache ({fmt}, shorter side {args.min_side}) of {args.n_images} images: built in {c['seconds']:.1f} s "
               f"(1 process), {c['mib']:.1f} MiB on disk")
     args.cache_paths = {fmt: c["path"] for fmt, c in caches.items()}
-    loaders = [f"loader{args.workers}"] if args.workers else []
-    variants = (["decode", "train", "eval", "loader0", *loaders, "reduce_draft", "reduce_full"]
-                + [f"cache_{fmt}_{v}" for fmt in ("jpeg", "raw") for v in ("decode", "train", *loaders)])
+    loaders = [f"loader{args.workers}", f"loaderdev{args.workers}"] if args.workers else []
+    per_source = ("decode", "decodeu8", "train", "batched", *loaders)
+    variants = (["eval", "loader0", "reduce_draft", "reduce_full", *per_source]
+                + [f"cache_{fmt}_{v}" for fmt in ("jpeg", "raw") for v in per_source])
     results = {}
     for v in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--data_dir", args.data_dir,
@@ -159,6 +180,8 @@ def main() -> None:
     base = results["decode"]["rate"]
     print(f"{'variant':<52}{'images/s':>10}{'vs decode':>11}{'peak RSS MiB':>14}")
     labels = {"decode": "decode only (1 process, baseline)", "train": "decode + train transform (1 proc)",
+              "decodeu8": "decode to uint8 only (--augment_on_device worker)",
+              "batched": "batched augmentation on the CPU, batch 64",
               "eval": "decode + eval transform (1 proc)", "loader0": "DataLoader, 0 workers, batch 64",
               "reduce_draft": f"cache build: decode (draft) + reduce to {args.min_side}",
               "reduce_full": f"cache build: full decode + reduce to {args.min_side}"}
@@ -166,11 +189,16 @@ def main() -> None:
         src = ""
         if v.startswith("cache_"):
             src, v = f"cache {v.split('_')[1]}: ", v.split("_", 2)[-1]
-        label = src + labels.get(v, f"DataLoader, {v.removeprefix('loader')} workers, batch 64")
-        print(f"{label:<52}{r['rate']:>10.0f}{r['rate'] / base:>10.2f}x{r['peak_mib']:>14.0f}")
+        label = src + labels.get(v, f"DataLoader, {v.removeprefix('loaderdev')} decode-only workers, batch 64"
+                                 if v.startswith("loaderdev") else f"DataLoader, {v.removeprefix('loader')} workers, batch 64")
+        extra = f"  (padded batch {r['padded_mib_per_64']:.1f} MiB)" if "padded_mib_per_64" in r else ""
+        print(f"{label:<52}{r['rate']:>10.0f}{r['rate'] / base:>10.2f}x{r['peak_mib']:>14.0f}{extra}")
+    orig = results["train"]["rate"]
+    print(f"\nper worker, vs the PIL train transform on the original images ({orig:.0f} images/s):")
     for fmt in ("jpeg", "raw"):
-        print(f"train transform per worker, cache {fmt} vs original: "
-              f"{results[f'cache_{fmt}_train']['rate'] / results['train']['rate']:.2f}x")
+        print(f"  cache {fmt}: PIL train transform {results[f'cache_{fmt}_train']['rate'] / orig:.2f}x; "
+              f"decode-only worker (--augment_on_device) {results[f'cache_{fmt}_decodeu8']['rate'] / orig:.2f}x")
+    print(f"  original images, decode-only worker: {results['decodeu8']['rate'] / orig:.2f}x")
     per_worker = results["train"]["rate"]
     print(f"\nper worker: {per_worker:.0f} images/s of {args.image_size}px train crops; "
           f"with {args.workers} workers measured {results.get(f'loader{args.workers}', results['loader0'])['rate']:.0f} images/s "

@@ -142,6 +142,10 @@ def test_cache_options_are_documented_and_bad_values_are_one_line_errors(tmp_pat
         parse_args(["--cache_format", "png"])
     with pytest.raises(UserError, match="--cache_min_side 0"):
         parse_args(["--cache_min_side", "0"])
+    good = tmp_path / "ok.yaml"  # recipes take the options too
+    good.write_text("cache_images: true\ncache_format: raw\ncache_min_side: 320\naugment_on_device: true\n")
+    _, dargs, targs = parse_args(["--config", str(good), "--use_cpu", "true"])
+    assert (dargs.cache_images, dargs.cache_format, dargs.cache_min_side, targs.augment_on_device) == (True, "raw", 320, True)
     bad = tmp_path / "r.yaml"  # a recipe's value is checked as well
     bad.write_text("cache_images: true\ncache_format: webp\n")
     with pytest.raises(UserError, match="--cache_format 'webp'"):
@@ -273,3 +277,25 @@ def test_augment_on_device_flag_builds_the_models_transform(tmp_path):
     trainer.train_dataset = with_image_transform(_demo(), DecodeTransform())
     trainer.train()
     assert seen.batches[0].shape == (8, 3, 16, 16) and seen.batches[0].dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_cache_once(tmp_path):
+    """Under `accelerate launch` with two CPU processes the main process builds, the other reads."""
+    import socket
+
+    data, cache = _write_folder(tmp_path / "data", classes=8), tmp_path / "cache"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), "-m", "modeling_hvit", "train", *_train_flags(data, tmp_path / "out", cache, "--augment_on_device",
+                                                                    "true", "--global_batch_size", "8")]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("image cache: train split") == 1 and "built in" in proc.stdout, proc.stdout
+    assert len(_caches(cache)) == 1 and not list((cache / "folder" / "train").glob(".*"))
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["world_size"] == 2
