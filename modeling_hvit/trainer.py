@@ -388,6 +388,7 @@ class HViTTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`, after checking the checkpoint to resume from (`checkpoint.resume_checkpoint`)."""
+        self._augment_key = None  # device crops restart from (seed, step) of the run
         return super().train(resume_checkpoint(self, resume_from_checkpoint), *args, **kwargs)
 
     def _load_best_model(self) -> None:
