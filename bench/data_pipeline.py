@@ -1,14 +1,16 @@
 # Copyright 2026 The hvit authors. Licensed under the Apache License, Version 2.0.
 """Data pipeline throughput on real Caltech-101 JPEGs (or the demo): decode, + train/eval transform,
-N workers, and the same from the decode-once cache (`modeling_hvit.data.cache`, JPEG q95 and raw).
+N workers, and the same from the decode-once cache (`modeling_hvit.data.cache`, JPEG q95 and raw);
+and the `--augment_on_device` pipeline: workers decode to uint8 only (`DecodeTransform`), batches are
+padded (`collate_padded`) and `BatchedTrainTransform` crops them (here on the CPU, for its cost there).
 
     .venv/bin/python bench/data_pipeline.py [--data_dir ../shared/data/caltech101] [--n_images 1024]
     .venv/bin/python bench/data_pipeline.py --dataset demo --image_size 32
 
-Each variant runs in its own subprocess; its peak memory is the larger ``ru_maxrss`` of the
-variant process itself (``RUSAGE_SELF``) and of its reaped DataLoader workers (``RUSAGE_CHILDREN``,
-the largest single worker), i.e. per process, not summed; images/s are reported with their ratio to the
-decode-only baseline measured in the same run. Also reports what building the dataset costs with
+All variants run in one subprocess, interleaved round-robin (``--repeats`` rounds, best pass of each),
+so that a load change on a shared box spreads over all of them; its peak memory is the larger
+``ru_maxrss`` of that process (``RUSAGE_SELF``) and of its largest reaped DataLoader worker
+(``RUSAGE_CHILDREN``); images/s are reported with their ratio to the decode-only baseline of the same run. Also reports what building the dataset costs with
 and without image verification, and how many workers a given GPU rate needs.
 """
 
@@ -30,59 +32,81 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # proposed trainer default (dataloader_num_workers)
 
 
-def _dataset(args):
+def _dataset(args, source: str = "original"):
     import datasets
 
     from modeling_hvit.data import build_dataset
 
-    if args.variant and args.variant.startswith("cache_"):  # the cached copy the parent built
-        return datasets.load_from_disk(args.cache_paths[args.variant.split("_")[1]])
+    if source != "original":  # the cached copy ("jpeg" or "raw") the parent built
+        return datasets.load_from_disk(args.cache_paths[source])
     ds = build_dataset(args.dataset, args.data_dir, verify_images=False, cache_dir=args.cache_dir)["train"]
     ds = ds.shuffle(seed=0).select(range(min(args.n_images, len(ds))))
     return ds.flatten_indices() if ds.cache_files else ds
 
 
-def run_variant(args) -> dict:
+def _pass(kind: str, ds, args):
+    """A callable doing one timed pass of ``kind`` over ``ds`` (set-up, e.g. pre-decoding, done here)."""
+    import datasets
     import torch
 
-    from modeling_hvit.data.transforms import EvalTransform, TrainTransform, to_rgb, with_image_transform
+    from modeling_hvit.data.batched_transforms import BatchedTrainTransform, collate_padded
+    from modeling_hvit.data.cache import reduce_image
+    from modeling_hvit.data.transforms import (DecodeTransform, EvalTransform, TrainTransform, to_rgb,
+                                               with_image_transform)
 
-    torch.set_num_threads(1)
-    ds = _dataset(args)
-    n = len(ds)
-    variant = args.variant.split("_", 2)[-1] if args.variant.startswith("cache_") else args.variant
-    if variant.startswith("loader"):
-        workers = int(variant.removeprefix("loader"))
-        out = with_image_transform(ds, TrainTransform(args.image_size, seed=0))
-    elif variant in ("train", "eval"):
-        t = TrainTransform(args.image_size, seed=0) if variant == "train" else EvalTransform(args.image_size)
-    elif variant.startswith("reduce"):  # building the cache: decode + reduce to the cache size, per image
-        from modeling_hvit.data.cache import reduce_image
+    if kind == "decode":
+        return lambda: [to_rgb(row["image"]).load() for row in ds]
+    if kind in ("decodeu8", "train", "eval"):
+        t = {"decodeu8": DecodeTransform(), "train": TrainTransform(args.image_size, seed=0),
+             "eval": EvalTransform(args.image_size)}[kind]
+        return lambda: [t(row["image"]) for row in ds]
+    if kind == "batched":  # decode-only items (not timed), padded batches of 64, batched augmentation on the CPU
+        items = [DecodeTransform()(row["image"]) for row in ds]
+        aug = BatchedTrainTransform(args.image_size, seed=0)
 
-        import datasets
-
+        def run():
+            for i in range(0, len(items), 64):
+                batch = collate_padded([{"pixel_values": x, "labels": 0} for x in items[i:i + 64]])
+                aug(batch["pixel_values"], batch["image_sizes"])
+        return run
+    if kind.startswith("reduce"):  # building the cache: decode + reduce to the cache size, per image
         raw = [r["image"]["bytes"] or open(r["image"]["path"], "rb").read()
                for r in ds.cast_column("image", datasets.Image(decode=False))]
-    times = []
-    for _ in range(args.repeats):  # best of N: the box is shared, the minimum is the least disturbed
-        start = time.perf_counter()
-        if variant == "decode":
-            for row in ds:
-                to_rgb(row["image"]).load()
-        elif variant in ("train", "eval"):
-            for row in ds:
-                t(row["image"])
-        elif variant.startswith("reduce"):
-            for data in raw:
-                reduce_image(data, args.min_side, draft=variant == "reduce_draft")
-        else:  # DataLoader with workers (started per pass), train transform, default collation
-            loader = torch.utils.data.DataLoader(out, batch_size=64, num_workers=workers)
-            for batch in loader:
-                assert batch["pixel_values"].shape[1:] == (3, args.image_size, args.image_size)
-        times.append(time.perf_counter() - start)
-    seconds = min(times)
-    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"variant": args.variant, "images": n, "seconds": seconds, "peak_mib": peak_kib / 1024}
+        return lambda: [reduce_image(data, args.min_side, draft=kind == "reduce_draft") for data in raw]
+    # loaderN: PIL train transform in N workers; loaderdevN: decode-only workers + padded batches
+    device = kind.startswith("loaderdev")
+    workers = int(kind.removeprefix("loaderdev" if device else "loader"))
+    out = with_image_transform(ds, DecodeTransform() if device else TrainTransform(args.image_size, seed=0))
+
+    def run():
+        loader = torch.utils.data.DataLoader(out, batch_size=64, num_workers=workers,
+                                             collate_fn=collate_padded if device else None)
+        for batch in loader:
+            assert batch["pixel_values"].shape[1] == 3
+    return run
+
+
+def run_variants(args) -> dict:
+    """Every variant in this one process, interleaved round-robin ``repeats`` times; best pass of each
+    (the box is shared: interleaving spreads load changes over all variants, the minimum is the least
+    disturbed pass)."""
+    import torch
+
+    torch.set_num_threads(1)
+    sources = {s: _dataset(args, s) for s in ("original", *args.cache_paths)}
+    passes = {}
+    for name in args.variants:
+        source, kind = name.split(":")
+        passes[name] = (_pass(kind, sources[source], args), len(sources[source]))
+    best = {name: float("inf") for name in passes}
+    for _ in range(args.repeats):
+        for name, (run, _n) in passes.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return {"rates": {name: passes[name][1] / best[name] for name in passes}, "peak_mib": peak / 1024,
+            "images": {name: passes[name][1] for name in passes}}
 
 
 def build_caches(args) -> dict:
@@ -130,7 +154,8 @@ def main() -> None:
     p.add_argument("--cache_paths", type=json.loads, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args)))
+        args.variants = json.loads(args.variant)
+        print(json.dumps(run_variants(args)))
         return
     args.cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="hvit_bench_")
     if args.dataset == "caltech101":
@@ -143,38 +168,42 @@ def main() -> None:
         print(f"cache ({fmt}, shorter side {args.min_side}) of {args.n_images} images: built in {c['seconds']:.1f} s "
               f"(1 process), {c['mib']:.1f} MiB on disk")
     args.cache_paths = {fmt: c["path"] for fmt, c in caches.items()}
-    loaders = [f"loader{args.workers}"] if args.workers else []
-    variants = (["decode", "train", "eval", "loader0", *loaders, "reduce_draft", "reduce_full"]
-                + [f"cache_{fmt}_{v}" for fmt in ("jpeg", "raw") for v in ("decode", "train", *loaders)])
-    results = {}
-    for v in variants:
-        cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--data_dir", args.data_dir,
-               "--dataset", args.dataset, "--min_side", str(args.min_side), "--cache_paths", json.dumps(args.cache_paths),
-               "--n_images", str(args.n_images), "--image_size", str(args.image_size), "--cache_dir", args.cache_dir,
-               "--repeats", str(args.repeats)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        res["rate"] = res["images"] / res["seconds"]
-        results[v] = res
-    base = results["decode"]["rate"]
-    print(f"{'variant':<52}{'images/s':>10}{'vs decode':>11}{'peak RSS MiB':>14}")
-    labels = {"decode": "decode only (1 process, baseline)", "train": "decode + train transform (1 proc)",
-              "eval": "decode + eval transform (1 proc)", "loader0": "DataLoader, 0 workers, batch 64",
+    loaders = [f"loader{args.workers}", f"loaderdev{args.workers}"] if args.workers else []
+    per_source = ("decode", "decodeu8", "train", "batched", *loaders)
+    args.variants = (["original:eval", "original:reduce_draft", "original:reduce_full"]
+                     + [f"{src}:{v}" for src in ("original", "jpeg", "raw") for v in per_source])
+    cmd = [sys.executable, os.path.abspath(__file__), "--variant", json.dumps(args.variants), "--data_dir", args.data_dir,
+           "--dataset", args.dataset, "--min_side", str(args.min_side), "--cache_paths", json.dumps(args.cache_paths),
+           "--n_images", str(args.n_images), "--image_size", str(args.image_size), "--cache_dir", args.cache_dir,
+           "--repeats", str(args.repeats)]
+    uptime = os.getloadavg()
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    rates = out["rates"]
+    base = rates["original:decode"]
+    labels = {"decode": "decode only (baseline)", "train": "decode + PIL train transform",
+              "decodeu8": "decode to uint8 only (--augment_on_device worker)",
+              "batched": "batched augmentation on the CPU, batch 64", "eval": "decode + eval transform",
               "reduce_draft": f"cache build: decode (draft) + reduce to {args.min_side}",
               "reduce_full": f"cache build: full decode + reduce to {args.min_side}"}
-    for v, r in results.items():
-        src = ""
-        if v.startswith("cache_"):
-            src, v = f"cache {v.split('_')[1]}: ", v.split("_", 2)[-1]
-        label = src + labels.get(v, f"DataLoader, {v.removeprefix('loader')} workers, batch 64")
-        print(f"{label:<52}{r['rate']:>10.0f}{r['rate'] / base:>10.2f}x{r['peak_mib']:>14.0f}")
+    print(f"{len(args.variants)} variants interleaved, best of {args.repeats} passes of {out['images']['original:decode']} "
+          f"images; load average {uptime[0]:.1f} before, {os.getloadavg()[0]:.1f} after; peak RSS {out['peak_mib']:.0f} MiB")
+    print(f"{'variant (1 process unless N workers)':<66}{'images/s':>10}{'vs decode':>11}")
+    for name, rate in rates.items():
+        source, kind = name.split(":")
+        label = labels.get(kind) or (f"DataLoader, {kind.removeprefix('loaderdev')} decode-only workers, padded"
+                                     if kind.startswith("loaderdev") else
+                                     f"DataLoader, {kind.removeprefix('loader')} workers, PIL train transform")
+        print(f"{source + ': ' + label:<66}{rate:>10.0f}{rate / base:>10.2f}x")
+    orig = rates["original:train"]
+    print(f"\nper worker, vs the PIL train transform on the original images ({orig:.0f} images/s):")
     for fmt in ("jpeg", "raw"):
-        print(f"train transform per worker, cache {fmt} vs original: "
-              f"{results[f'cache_{fmt}_train']['rate'] / results['train']['rate']:.2f}x")
-    per_worker = results["train"]["rate"]
-    print(f"\nper worker: {per_worker:.0f} images/s of {args.image_size}px train crops; "
-          f"with {args.workers} workers measured {results.get(f'loader{args.workers}', results['loader0'])['rate']:.0f} images/s "
-          f"on {os.cpu_count()} cores")
+        print(f"  cache {fmt}: PIL train transform {rates[f'{fmt}:train'] / orig:.2f}x; "
+              f"decode-only worker (--augment_on_device) {rates[f'{fmt}:decodeu8'] / orig:.2f}x")
+    print(f"  original images, decode-only worker: {rates['original:decodeu8'] / orig:.2f}x")
+    per_worker = orig
+    if args.workers:
+        print(f"\nper worker: {per_worker:.0f} images/s of {args.image_size}px train crops; with {args.workers} workers "
+              f"measured {rates[f'original:loader{args.workers}']:.0f} images/s on {os.cpu_count()} cores")
     for gpu_rate, what in ((350, "paper's CUB run on one A100 (50 epochs x 5,864 images in ~14 min)"),
                            (2000, "assumed, not measured: ViT-S/16 224px bf16 training on one A100")):
         print(f"  {gpu_rate:>5} images/s ({what}): needs ~{gpu_rate / per_worker:.1f} workers at this per-worker rate")

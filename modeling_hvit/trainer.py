@@ -26,7 +26,8 @@ from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings, head_linear_output
 from .metrics import DEFAULT_RECALL_KS
 from .sampling import ClassPairSampler, passes_for_workers
-from .data.transforms import pixel_values_for
+from .data.batched_transforms import BatchedTrainTransform, collate_padded, crop_generator
+from .data.transforms import model_preprocessing, pixel_values_for
 
 __all__ = ["HViTTrainer", "HViTTrainingArguments", "NonFiniteStepError", "default_num_workers", "make_compute_metrics",
            "resolve_train_batch"]
@@ -73,6 +74,12 @@ class HViTTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(
         default="tensorboard" if importlib.util.find_spec("tensorboard") else "none",
         metadata={"help": "Loggers: TensorBoard when it is installed (logs under output_dir/runs), else none."})
+    augment_on_device: bool = field(default=False, metadata={"help": (
+        "DataLoader workers only decode the train images (uint8, own size; small with --cache_images) and the "
+        "random crop + resize + flip + normalise run as batched tensor ops on the model's device "
+        "(data.batched_transforms), crops drawn from (seed, step): statistically the PIL path's crops, not the "
+        "same draws. Off by default, on GPU too: it pays when workers cannot keep up, and without "
+        "--cache_images every batch is padded to its largest original image.")})
     allow_partial_resume: bool = field(default=False, metadata={"help": "Resume from a checkpoint without its "
                                        "optimizer/scheduler/RNG state or saved with another model head or batch size "
                                        "(not exact; warned and recorded)."})
@@ -220,6 +227,9 @@ class HViTTrainer(Trainer):
     - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs;
     - a NaN/inf loss or gradient norm stops the run at that step (or skips the update,
       ``on_nonfinite="skip"``);
+    - with ``train_augment`` (``augment_on_device``) the workers only decode, batches are padded
+      (`collate_padded`) and the random crops are applied to the batch on the device, drawn from
+      ``(seed, step, micro-batch, rank)`` (`crop_generator`): reproducible and resume-exact;
     - an "epoch" (``num_train_epochs``, the logged epoch) is one pass of the sampler over the classes; with
       DataLoader workers a loader epoch holds several, so that every worker decodes (`passes_for_workers`; the
       workers persist across loader epochs); the logs count ``images_seen`` and
@@ -232,10 +242,16 @@ class HViTTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by GA steps
 
     def __init__(self, *args, train_labels: Sequence[int] | None = None,
-                 loss_fn: PairwiseCrossEntropyLoss | None = None, gallery_dataset=None, **kwargs):
+                 loss_fn: PairwiseCrossEntropyLoss | None = None, gallery_dataset=None,
+                 train_augment: BatchedTrainTransform | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.gallery_dataset = gallery_dataset
         model_config = self.accelerator.unwrap_model(self.model).config
+        if train_augment is None and getattr(self.args, "augment_on_device", False):
+            prep = model_preprocessing(self.model)  # the model's input size and normalisation, scale 0.2–1
+            train_augment = BatchedTrainTransform(prep.crop_size, prep.image_mean, prep.image_std)
+        self.train_augment = train_augment
+        self._augment_key: tuple[int, int] | None = None  # (step, micro-batch) of the last augmented batch
         self.loss_fn = loss_fn or PairwiseCrossEntropyLoss(
             model_config.geometry, getattr(self.args, "temperature", None), model_config.curvature,
             reduction=getattr(self.args, "loss_reduction", "sum"),
@@ -275,8 +291,33 @@ class HViTTrainer(Trainer):
         return self._train_sampler
 
     def get_train_dataloader(self):
-        self._train_dataloader = super().get_train_dataloader()
+        collator = self.data_collator
+        if self.train_augment is not None:  # decode-only items of any size: padded batches
+            self.data_collator = collate_padded
+        try:
+            self._train_dataloader = super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
         return self._train_dataloader
+
+    def _train_pixel_values(self, model, inputs: dict) -> torch.Tensor:
+        """The batch the model trains on: decode-only batches are augmented here, on the model's device
+        (in float32, outside autocast), with crops drawn from ``(seed, step, micro-batch, rank)``."""
+        if "image_sizes" not in inputs:
+            if self.train_augment is not None and model.training:
+                raise ValueError("augment_on_device: the train batches must be decode-only images with their sizes "
+                                 "(train_dataset with transforms.DecodeTransform; the Trainer pads them)")
+            return pixel_values_for(model, inputs["pixel_values"])
+        if self.train_augment is None:
+            raise ValueError("the batch holds decode-only images (image_sizes): pass train_augment or "
+                             "--augment_on_device true to crop them on the device")
+        step = self.state.global_step  # optimiser steps done: restored on resume
+        micro = self._augment_key[1] + 1 if self._augment_key and self._augment_key[0] == step else 0
+        self._augment_key = (step, micro)
+        generator = crop_generator(self.args.seed, step, micro, self.args.process_index)
+        images = inputs["pixel_values"]
+        with torch.autocast(images.device.type, enabled=False):
+            return self.train_augment(images, inputs["image_sizes"], generator=generator)
 
     def num_examples(self, dataloader) -> int:
         """Images per epoch for the train stream (all processes): an epoch is one pass over the classes,
@@ -309,7 +350,7 @@ class HViTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        outputs = model(pixel_values=pixel_values_for(model, inputs["pixel_values"]))  # uint8 → normalised
+        outputs = model(pixel_values=self._train_pixel_values(model, inputs))  # uint8 → normalised (augmented)
         embeddings, global_labels = gather_batch(outputs.embeddings.float(), labels)
         c = getattr(outputs, "curvature", None)  # a learnt c: the loss is differentiable in it
         result = self.loss_fn(embeddings, global_labels, **({} if c is None else {"curvature": c}))
@@ -380,6 +421,7 @@ class HViTTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`, after checking the checkpoint to resume from (`checkpoint.resume_checkpoint`)."""
+        self._augment_key = None  # device crops restart from (seed, step) of the run
         return super().train(resume_checkpoint(self, resume_from_checkpoint), *args, **kwargs)
 
     def _load_best_model(self) -> None:

@@ -28,7 +28,8 @@ from .metrics import recall_ks_for
 from .modeling_hvit import HViTModel
 from .evaluation import hierarchy_column_of
 from .trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
-from .data.transforms import transforms_for_model, with_image_transform
+from .data.batched_transforms import BatchedTrainTransform
+from .data.transforms import DecodeTransform, model_preprocessing, transforms_for_model, with_image_transform
 
 logger = logging.get_logger(__name__)
 
@@ -71,6 +72,25 @@ class ModelArguments:
 class TrainDataArguments(DataArguments):
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N test images."})
     crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound (paper 0.2)."})
+    cache_images: bool = field(default=False, metadata={"help": (
+        "Train from a decode-once cache of the train split (data.cache): each image stored once with its shorter "
+        "side --cache_min_side, built on first use (by the main process; the others wait), reused while the "
+        "source and settings are unchanged, rebuilt when they change. Evaluation reads the original images.")})
+    cache_dir: str | None = field(default=None, metadata={"help": "Root of the image caches; default "
+                                  "$HF_HOME/hvit/images (~/.cache/huggingface/hvit/images)."})
+    cache_min_side: int = field(default=256, metadata={"help": "Shorter side of the cached images (never enlarged); "
+                                "≥ the crop size, e.g. 256 for 224 crops."})
+    cache_format: str = field(default="jpeg", metadata={"help": "Cached images as 'jpeg' (q95, 4:4:4) or 'raw' "
+                              "(uncompressed: no decoding, ≈ 7× the disk space of jpeg on Caltech-101)."})
+
+    def __post_init__(self):
+        from .data.cache import FORMATS
+        from .errors import UserError
+
+        if self.cache_format not in FORMATS:
+            raise UserError(f"--cache_format {self.cache_format!r}: expected one of {', '.join(FORMATS)}")
+        if self.cache_min_side < 1:
+            raise UserError(f"--cache_min_side {self.cache_min_side}: expected a positive number of pixels")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainDataArguments, HViTTrainingArguments]:
@@ -190,10 +210,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if dargs.max_eval_samples:
         eval_ds = eval_ds.select(range(min(dargs.max_eval_samples, len(eval_ds))))
     train_labels = dataset_labels(train_ds)
+    if dargs.cache_images:
+        if dargs.cache_min_side < margs.image_size:
+            logger.warning(f"--cache_min_side {dargs.cache_min_side} is below --image_size {margs.image_size}: "
+                           "every random crop will be upsampled; use at least the crop size (256 for 224)")
+        train_ds = cached_train_split(train_ds, dargs, targs)  # --curvature auto's δ reads it too
 
     auto = margs.curvature.strip().lower() == "auto"
     model = build_model(margs, 0.1 if auto else float(margs.curvature))
     train_tf, eval_tf = transforms_for_model(model, dargs.dataset, margs.image_size, dargs.crop_scale_min)
+    train_augment = None
+    if targs.augment_on_device:  # workers decode only; HViTTrainer crops on the device
+        prep = model_preprocessing(model)
+        train_augment = BatchedTrainTransform(train_tf.image_size, prep.image_mean, prep.image_std, scale=train_tf.scale,
+                                              ratio=train_tf.ratio, flip_p=train_tf.flip_p)
+        train_tf = DecodeTransform()
+        if not dargs.cache_images:
+            logger.warning("--augment_on_device without --cache_images: each batch is padded to its largest "
+                           "original image before it is sent to the device")
     def with_tf(ds, tf):  # decode errors name the file; --skip_bad_images replaces them (counted)
         return with_image_transform(ds, tf, skip_bad_images=dargs.skip_bad_images)
 
@@ -204,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     hierarchy = ((dataset_labels(eval_ds), dataset_labels(eval_ds, hierarchy_column))
                  if hierarchy_column else None)
     trainer = HViTTrainer(model=model, args=targs, train_dataset=train_set, eval_dataset=eval_set,
-                          train_labels=train_labels,
+                          train_labels=train_labels, train_augment=train_augment,
                           gallery_dataset=with_tf(gallery_ds, eval_tf) if gallery_ds is not None else None,
                           compute_metrics=make_compute_metrics(model.config.geometry, model.learnt_curvature, ks,
                                                                hierarchy=hierarchy, head=model.head))
@@ -240,6 +274,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # finish the trackers and destroy the process group: a clean exit
     return results["trained"]
+
+
+def cached_train_split(train_ds, dargs: TrainDataArguments, targs: HViTTrainingArguments):
+    """`--cache_images`: the train split from its decode-once cache (`data.cache.build_cache`) under
+    ``<cache_dir>/<dataset>/train/<fingerprint>``. The main process (of each node) builds it first; the
+    others wait and then read the finished cache. Evaluation splits are not cached: their metrics are
+    those of the saved model's processor on the original images (eval_hvit.py, the model card)."""
+    import re
+
+    from .data.cache import build_cache, cache_path, default_cache_dir, is_complete
+
+    root = Path(dargs.cache_dir).expanduser() if dargs.cache_dir else default_cache_dir()
+    where = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", dargs.dataset) / "train"
+    settings = {"min_side": dargs.cache_min_side, "fmt": dargs.cache_format}
+    start = time.perf_counter()
+    with targs.main_process_first(desc="image cache"):
+        found = is_complete(cache_path(train_ds, where, **settings))
+        cached = build_cache(train_ds, where, **settings,
+                             num_proc=targs.dataloader_num_workers if targs.dataloader_num_workers > 1 else None)
+    if targs.process_index == 0 or not found:
+        folder = Path(cached.cache_files[0]["filename"]).parent
+        print(f"image cache: train split ({len(cached)} images, {dargs.cache_format}, shorter side "
+              f"{dargs.cache_min_side}) {'read from' if found else 'built in'} {folder} "
+              f"({time.perf_counter() - start:.1f} s, process {targs.process_index})", flush=True)
+    return cached
 
 
 def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:

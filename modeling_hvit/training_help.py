@@ -25,7 +25,8 @@ HELP_GROUPS = {
               "freeze_patch_embed", "freeze_blocks", "image_size", "delta_n", "delta_draws"),
     "data": ("dataset", "data_dir", "verify_images", "skip_bad_images", "train_fraction", "split_rule",
              "image_column", "label_column", "hierarchy_column", "hub_config", "crop_scale_min",
-             "dataloader_num_workers"),
+             "dataloader_num_workers", "cache_images", "cache_dir", "cache_min_side", "cache_format",
+             "augment_on_device"),
     "loss and sampler": ("per_device_train_batch_size", "samples_per_class", "temperature", "loss_reduction"),
     "evaluation": ("recall_ks", "max_eval_samples", "eval_strategy", "eval_steps", "per_device_eval_batch_size"),
     "optimisation and run (TrainingArguments)": (

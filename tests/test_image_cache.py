@@ -154,3 +154,23 @@ def test_main_builds_every_split(tmp_path, capsys):
     assert "train:" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--splits \\['nope'\\]"):
         main(["--dataset", "demo", "--out_dir", str(tmp_path), "--splits", "nope"])
+
+
+def test_an_image_stored_by_path_and_edited_in_place_invalidates(tmp_path):
+    """A folder dataset holds paths, not bytes: an edited image changes no Arrow byte, only the file."""
+    paths = []
+    for i, (w, h) in enumerate([(300, 200), (200, 300)]):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(_jpeg(w, h, i))
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+
+    def source():
+        return datasets.Dataset.from_dict({"image": [str(p) for p in paths], "label": [0, 1]}, features=feats)
+
+    first = build_cache(source(), tmp_path / "cache", min_side=64, num_proc=1)
+    build_cache(source(), tmp_path / "cache", min_side=64, num_proc=1)
+    assert len(list((tmp_path / "cache").glob("*/hvit_cache.json"))) == 1
+    paths[0].write_bytes(_jpeg(300, 200, 50))  # same path, other pixels
+    second = build_cache(source(), tmp_path / "cache", min_side=64, num_proc=1)
+    assert len(list((tmp_path / "cache").glob("*/hvit_cache.json"))) == 2
+    assert not np.array_equal(np.asarray(first[0]["image"]), np.asarray(second[0]["image"]))

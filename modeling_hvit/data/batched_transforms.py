@@ -14,10 +14,17 @@ Workers then only decode (small cached images, see `cache`) and the device does 
 
     images, sizes = pad_batch([np.asarray(im) for im in pil_images])     # uint8 (N, 3, H, W), (N, 2) = (w, h)
     pixel_values = BatchedTrainTransform(224, seed=0)(images.cuda(), sizes)  # float (N, 3, 224, 224)
+
+In training (``--augment_on_device``) the workers run `transforms.DecodeTransform`, `collate_padded`
+pads each batch, and `HViTTrainer` draws the crops of a batch from `crop_generator` ``(seed, step,
+micro-batch, rank)``: the crops depend on the run's seed and the step, not on which worker decoded the
+batch, so a resumed run sees the crops of the uninterrupted one. The host never waits for the device:
+crops are drawn from the sizes on the CPU and the resampling taps are counted there.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +32,8 @@ import torch
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box
 
-__all__ = ["BatchedTrainTransform", "crop_resize_flip", "pad_batch", "resample_weights", "sample_crops"]
+__all__ = ["BatchedTrainTransform", "collate_padded", "crop_generator", "crop_resize_flip", "pad_batch",
+           "resample_weights", "sample_crops"]
 
 
 def _bicubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -36,14 +44,22 @@ def _bicubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
+def _num_taps(length: torch.Tensor, out_size: int) -> int:
+    """Taps per output pixel for crops of ``length`` pixels (2·support + 1), counted where ``length`` lives."""
+    longest = float(length.max())
+    return math.ceil(2.0 * max(longest / out_size, 1.0)) * 2 + 1
+
+
 def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: torch.Tensor, out_size: int,
-                     n_in: int) -> torch.Tensor:
+                     n_in: int, num_taps: int | None = None) -> torch.Tensor:
     """(N, out_size, n_in) float64 matrices mapping a row of ``n_in`` pixels to ``out_size`` pixels.
 
     Row i resamples the interval ``[start, start + length)`` of an image ``in_size`` pixels wide
     (taps beyond ``in_size`` get no weight), by PIL's ``precompute_coeffs``: centre
     ``start + (i + ½)·scale``, support ``2·max(scale, 1)``, weights normalised to sum 1.
+    ``num_taps`` (`_num_taps` of the CPU lengths) spares a device → host read of the longest crop.
     """
+    k = _num_taps(length, out_size) if num_taps is None else num_taps
     start, length, in_size = (t.to(torch.float64) for t in (start, length, in_size))
     scale = length / out_size
     filterscale = scale.clamp(min=1.0)
@@ -51,7 +67,6 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: torch.T
     centre = start[:, None] + (torch.arange(out_size, dtype=torch.float64, device=start.device) + 0.5) * scale[:, None]
     lo = torch.floor(centre - support[:, None] + 0.5).clamp(min=0)
     hi = torch.minimum(torch.floor(centre + support[:, None] + 0.5), in_size[:, None])
-    k = int(torch.ceil(support.max()).item()) * 2 + 1
     taps = lo[..., None] + torch.arange(k, dtype=torch.float64, device=start.device)
     w = _bicubic((taps - centre[..., None] + 0.5) / filterscale[:, None, None]) * (taps < hi[..., None])
     total = w.sum(-1, keepdim=True)
@@ -90,6 +105,22 @@ def pad_batch(images: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor
     return out, sizes
 
 
+def collate_padded(items: Sequence[dict]) -> dict:
+    """DataLoader collate for decode-only items ``{"pixel_values": uint8 [3, H, W], "labels": int}`` of
+    any sizes: ``pixel_values`` zero-padded to (N, 3, H_max, W_max) uint8, ``labels`` (N,) int64 and
+    ``image_sizes``, a tuple of ``(width, height)`` ints (kept on the host: the crops are drawn there)."""
+    images, sizes = pad_batch([item["pixel_values"].permute(1, 2, 0) for item in items])
+    return {"pixel_values": images, "labels": torch.tensor([int(item["labels"]) for item in items]),
+            "image_sizes": tuple(map(tuple, sizes.tolist()))}
+
+
+def crop_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` and ``keys`` (e.g. step, micro-batch, rank) through NumPy's
+    ``SeedSequence``: independent streams for distinct keys, the same stream for the same ones."""
+    state = np.random.SeedSequence([int(seed) % 2**63, *(int(k) for k in keys)]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
 def crop_resize_flip(images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
                      out_size: int) -> torch.Tensor:
     """Crop each ``box`` of a padded uint8 batch, resize it to ``out_size``² (PIL bicubic,
@@ -97,11 +128,12 @@ def crop_resize_flip(images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Ten
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected a uint8 (N, 3, H, W) batch, got {images.dtype} {tuple(images.shape)}")
     dev = images.device
+    kx, ky = _num_taps(boxes[:, 2], out_size), _num_taps(boxes[:, 3], out_size)  # where the boxes are (CPU)
     sizes, boxes, flips = sizes.to(dev), boxes.to(dev), flips.to(dev)
     n, _, h, w = images.shape
-    wx = resample_weights(boxes[:, 0], boxes[:, 2], sizes[:, 0], out_size, w)  # (N, S, W)
+    wx = resample_weights(boxes[:, 0], boxes[:, 2], sizes[:, 0], out_size, w, kx)  # (N, S, W)
     wx = torch.where(flips[:, None, None], wx.flip(1), wx).float()
-    wy = resample_weights(boxes[:, 1], boxes[:, 3], sizes[:, 1], out_size, h).float()  # (N, S, H)
+    wy = resample_weights(boxes[:, 1], boxes[:, 3], sizes[:, 1], out_size, h, ky).float()  # (N, S, H)
     x = images.float()
     x = torch.matmul(x, wx.transpose(1, 2)[:, None]).round_().clamp_(0, 255)  # horizontal pass, uint8 as PIL
     return torch.matmul(wy[:, None], x).round_().clamp_(0, 255)
@@ -109,7 +141,8 @@ def crop_resize_flip(images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Ten
 
 class BatchedTrainTransform:
     """`TrainTransform` for a padded uint8 batch: ``(images, sizes) → normalised float (N, 3, S, S)``
-    on the images' device. Crops are drawn on the CPU from ``generator`` (or ``seed``)."""
+    on the images' device. Crops are drawn on the CPU from the ``generator`` of the call, else the one
+    given here (or made from ``seed``); ``sizes`` may be a CPU tensor or a sequence of ``(w, h)``."""
 
     def __init__(self, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  *, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -119,9 +152,14 @@ class BatchedTrainTransform:
         self.generator = generator if generator is not None else (
             torch.Generator().manual_seed(seed) if seed is not None else None)
 
-    def __call__(self, images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-        boxes, flips = sample_crops(sizes.tolist(), self.scale, self.ratio, self.flip_p, self.generator)
+    def __call__(self, images: torch.Tensor, sizes: torch.Tensor | Sequence[tuple[int, int]],
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        sizes = torch.as_tensor(sizes, dtype=torch.int64).cpu() if not isinstance(sizes, torch.Tensor) else sizes
+        if len(sizes) != len(images):
+            raise ValueError(f"BatchedTrainTransform: {len(images)} images but {len(sizes)} sizes")
+        boxes, flips = sample_crops(sizes.tolist(), self.scale, self.ratio, self.flip_p,
+                                    generator if generator is not None else self.generator)
         x = crop_resize_flip(images, sizes, boxes, flips, self.image_size)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1).mul_(255).to(x.device, non_blocking=True)
+        std = torch.tensor(self.std).view(1, 3, 1, 1).mul_(255).to(x.device, non_blocking=True)
         return (x - mean) / std

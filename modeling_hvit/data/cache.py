@@ -13,17 +13,25 @@ side before the resize: ``min_side`` 256 upsamples crops below (224/256)² ≈ 0
 keeps every crop of scale ≥ 0.2 at or above 224 px).
 
 The cache directory is named by a fingerprint of the source split (its ``datasets`` fingerprint and
-its Arrow files' sizes and modification times, or the table's content when in memory) and of the
-settings: a changed source or setting builds a new cache, an unchanged one is reused.
+its Arrow files' sizes and modification times, or the table's content when in memory, plus the size
+and modification time of every image stored by path) and of the settings: a changed source or setting
+builds a new cache, an unchanged one is reused. A cache is written to a temporary directory and renamed
+into place with its ``hvit_cache.json`` (which lists its files and their sizes) only when complete; a
+directory without it, or whose files no longer have the listed sizes, is never read (it is rebuilt).
 
     python -m modeling_hvit.data.cache --dataset caltech101 --data_dir ../shared/data/caltech101 \
-        --out_dir ~/.cache/hvit/images [--min_side 256] [--format jpeg|raw] [--num_proc 8]
+        [--out_dir DIR] [--min_side 256] [--format jpeg|raw] [--num_proc 8]
+
+The default root (`default_cache_dir`) is ``$HF_HOME/hvit/images`` (``~/.cache/huggingface/hvit/images``);
+``hvit train --cache_images true`` reads and builds its caches there too (``--cache_dir``).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import socket
+import warnings
 import io
 import json
 import os
@@ -37,12 +45,19 @@ from PIL import Image
 
 from .transforms import BICUBIC, to_rgb
 
-__all__ = ["build_cache", "cache_fingerprint", "decode_cached", "encode_cached", "main", "reduce_image",
-           "reduced_size"]
+__all__ = ["FORMATS", "build_cache", "cache_fingerprint", "cache_path", "decode_cached", "default_cache_dir",
+           "encode_cached", "is_complete", "main", "reduce_image", "reduced_size"]
 
 FORMATS = ("jpeg", "raw")
 CACHE_VERSION = 1
 META = "hvit_cache.json"
+
+
+def default_cache_dir() -> Path:
+    """``$HF_HOME/hvit/images`` (``~/.cache/huggingface/hvit/images`` unless ``HF_HOME`` is set)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "hvit" / "images"
 
 
 def reduced_size(width: int, height: int, min_side: int) -> tuple[int, int]:
@@ -89,18 +104,45 @@ def decode_cached(data: bytes) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _source_state(dataset) -> list:
+def _source_state(dataset, image_column: str) -> list:
     files = [f["filename"] for f in dataset.cache_files]
     if files:
-        return [dataset._fingerprint, [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]]
-    from datasets.fingerprint import Hasher
+        state = [dataset._fingerprint, [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]]
+    else:
+        from datasets.fingerprint import Hasher
 
-    return [Hasher.hash(dataset.data.table)]  # in memory: its content
+        state = [Hasher.hash(dataset.data.table), dataset._indices is not None and Hasher.hash(dataset._indices)]
+    return state + [_linked_files_digest(dataset, image_column)]
+
+
+def _linked_files_digest(dataset, image_column: str) -> str:
+    """Digest of (path, size, mtime) of every image stored by path only (a folder dataset holds paths:
+    an image edited in place changes no Arrow byte). Reads the Arrow ``path``/``bytes`` children only."""
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    if image_column not in dataset.data.column_names:
+        return ""
+    for chunk in dataset.data.column(image_column).chunks:
+        if not pa.types.is_struct(chunk.type) or chunk.type.get_field_index("path") < 0:
+            continue
+        paths = chunk.field("path").to_pylist()
+        has_bytes = (chunk.field("bytes").is_valid().to_pylist() if chunk.type.get_field_index("bytes") >= 0
+                     else [False] * len(paths))
+        for path, inline in zip(paths, has_bytes):
+            if path and not inline:
+                try:
+                    st = os.stat(path)
+                    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
 
 
 def cache_fingerprint(dataset, *, min_side: int, fmt: str, quality: int, draft: bool, image_column: str) -> str:
     """Hex digest of the source split's identity and the cache settings (see the module docstring)."""
-    state = [CACHE_VERSION, _source_state(dataset), len(dataset), min_side, fmt, quality, draft, image_column]
+    state = [CACHE_VERSION, _source_state(dataset, image_column), len(dataset), min_side, fmt, quality, draft,
+             image_column]
     return hashlib.sha256(json.dumps(state, default=str).encode()).hexdigest()[:20]
 
 
@@ -112,9 +154,41 @@ def _open_source(value) -> Image.Image:
     return Image.open(value["path"])
 
 
+def _reduce_one(value, min_side: int, fmt: str, quality: int, draft: bool) -> dict:
+    try:
+        return {"bytes": encode_cached(reduce_image(_open_source(value), min_side, draft), fmt, quality), "path": None}
+    except Exception as err:  # PIL raises a zoo of types for bad data
+        from .sources import DataError
+
+        path = value.get("path") if isinstance(value, dict) else None
+        raise DataError(f"image cache: image {path!r} is not readable ({type(err).__name__}: {err}); rebuild the "
+                        "dataset with verify_images=True (add skip_bad_images=True to drop bad images)") from None
+
+
 def _reduce_batch(batch: dict, image_column: str, min_side: int, fmt: str, quality: int, draft: bool) -> dict:
-    return {image_column: [{"bytes": encode_cached(reduce_image(_open_source(v), min_side, draft), fmt, quality),
-                            "path": None} for v in batch[image_column]]}
+    return {image_column: [_reduce_one(v, min_side, fmt, quality, draft) for v in batch[image_column]]}
+
+
+def _files_of(path: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file() and f.name != META}
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """A finished cache: its metadata exists and every file it lists has the listed size (a truncated
+    or half-copied cache is not read)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META).read_text())
+        return meta.get("version") == CACHE_VERSION and _files_of(path) == meta["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def cache_path(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, fmt: str = "jpeg", quality: int = 95,
+               draft: bool = True, image_column: str = "image") -> Path:
+    """Where `build_cache` keeps the cache of ``dataset`` with these settings (complete or not)."""
+    fp = cache_fingerprint(dataset, min_side=min_side, fmt=fmt, quality=quality, draft=draft, image_column=image_column)
+    return Path(cache_dir) / fp
 
 
 def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, fmt: str = "jpeg", quality: int = 95,
@@ -123,7 +197,9 @@ def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, f
     """The cached copy of ``dataset`` (a ``datasets.Dataset`` with an image column), built once.
 
     Returns the cached split loaded from ``cache_dir/<fingerprint>``, building it first when that
-    directory has no complete cache (written to a temporary directory, then renamed).
+    directory has no complete cache (written to a temporary directory, then renamed). Safe when
+    several processes or machines build the same cache at once: each writes its own temporary
+    directory and the first complete one to be renamed into place is kept.
     """
     import datasets
 
@@ -133,12 +209,15 @@ def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, f
         raise ValueError(f"min_side must be ≥ 1 and quality in 1..100, got min_side={min_side}, quality={quality}")
     if image_column not in dataset.column_names:
         raise KeyError(f"dataset has no column {image_column!r} (columns: {dataset.column_names})")
-    fp = cache_fingerprint(dataset, min_side=min_side, fmt=fmt, quality=quality, draft=draft, image_column=image_column)
-    path = Path(cache_dir) / fp
-    if (path / META).is_file():
+    path = cache_path(dataset, cache_dir, min_side=min_side, fmt=fmt, quality=quality, draft=draft,
+                      image_column=image_column)
+    fp = path.name
+    if is_complete(path):
         return datasets.load_from_disk(str(path))
+    if path.exists():
+        warnings.warn(f"image cache {path} is incomplete or damaged; rebuilding it", stacklevel=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{fp}.tmp{os.getpid()}"
+    tmp = path.parent / f".{fp}.tmp-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     src = dataset.cast_column(image_column, datasets.Image(decode=False))
@@ -150,10 +229,16 @@ def build_cache(dataset, cache_dir: str | os.PathLike, *, min_side: int = 256, f
     cached.save_to_disk(str(tmp), max_shard_size=max_shard_size)
     meta = {"version": CACHE_VERSION, "fingerprint": fp, "min_side": min_side, "format": fmt, "quality": quality,
             "draft": draft, "image_column": image_column, "rows": len(cached),
-            "build_seconds": round(time.perf_counter() - start, 2)}
+            "build_seconds": round(time.perf_counter() - start, 2), "files": _files_of(tmp)}
     (tmp / META).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(path, ignore_errors=True)  # an incomplete earlier attempt
-    tmp.rename(path)
+    if not is_complete(path):  # another process may have finished first: keep its cache
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete or damaged earlier attempt
+        try:
+            tmp.rename(path)
+        except OSError:  # renamed into place by another process meanwhile
+            if not is_complete(path):
+                raise
+    shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(path))
 
 
@@ -164,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="hvit data cache", description=main.__doc__)
     p.add_argument("--dataset", required=True, help="a dataset name as for training (cub, sop, caltech101, demo, …)")
     p.add_argument("--data_dir", default=None, help="the extracted folder or official archive")
-    p.add_argument("--out_dir", default=str(Path.home() / ".cache" / "hvit" / "images"), help="cache root")
+    p.add_argument("--out_dir", default=str(default_cache_dir()), help="cache root (default: $HF_HOME/hvit/images)")
     p.add_argument("--min_side", type=int, default=256, help="shorter side of the stored images (never enlarged)")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="jpeg", help="jpeg (q95) or raw (PPM)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality")

@@ -38,7 +38,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = Image.Resampling.BICUBIC
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "TrainTransform", "eval_processor_for",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DecodeTransform", "EvalTransform", "TrainTransform", "eval_processor_for",
            "eval_resize_for", "eval_transform_for", "normalization_from_processor", "pixel_values_for",
            "preprocess", "to_rgb", "transforms_for_model", "with_image_transform"]
 
@@ -199,6 +199,14 @@ class TrainTransform:
         if torch.rand(1, generator=g).item() < self.flip_p:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return _output(out, self.mean, self.std)
+
+
+class DecodeTransform:
+    """PIL image → uint8 [3, H, W] at its own size, nothing else: what DataLoader workers emit when the
+    train augmentation runs on the device (``--augment_on_device``, `batched_transforms`)."""
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return to_uint8(to_rgb(image))
 
 
 class EvalTransform:
