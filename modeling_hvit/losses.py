@@ -215,7 +215,7 @@ def pairwise_cross_entropy(embeddings: torch.Tensor, labels: torch.Tensor, geome
     n, m = order.shape
     weight = 1 / n if reduction == "sum" else 1 / (n * m * (m - 1))  # each pair's CE: mean over anchors
     with _no_autocast(emb.device):
-        views = emb.index_select(0, order.T.flatten())  # slot-major: row i·N + k = class k, slot i
+        views = emb[order.T.flatten()]  # slot-major: row i·N + k = class k, slot i
         sim = pairwise_similarity(views, views, geometry, curvature)
         loss, *values = _PairwiseCE.apply(sim, m, n, 1 / temperature, weight)
     keys = ["accuracy", "pos_logit_max", "pos_logit_mean", "pos_logit_min"]
