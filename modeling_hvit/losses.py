@@ -64,7 +64,7 @@ def group_by_label(embeddings: torch.Tensor, labels: torch.Tensor,
     assertion, so the training step has no host↔device synchronisation here.
     """
     order, classes = _group_order(embeddings, labels, samples_per_class)
-    return embeddings.index_select(0, order.flatten()).view(*order.shape, embeddings.shape[1]), classes
+    return embeddings[order], classes
 
 
 def _group_order(embeddings: torch.Tensor, labels: torch.Tensor,
