@@ -173,15 +173,19 @@ class _PairwiseDistance(torch.autograd.Function):
 
     d_ij = (2/√c)·asinh(u_ij), u_ij = √c·r_ij·s_i·t_j, r = ‖x_i − y_j‖, s = (1 − c‖x‖²)^-½,
     t = (1 − c‖y‖²)^-½. With W = g·2√c·s²t²/(u√(1+u²)) and V = g·2√c·u/√(1+u²):
-    ∂/∂x_i = x_i·(Σ_j W_ij + s_i²·Σ_j V_ij) − (W y)_i, and symmetrically for y. The W terms cancel
-    for nearby points, so they are accumulated in the Gram work dtype (float64 when exact).
+    ∂/∂x_i = x_i·(Σ_j W_ij + s_i²·Σ_j V_ij) − (W y)_i, and symmetrically for y; when x is y (a batch
+    against itself, as in the loss) both are one product with W + Wᵀ. The W terms cancel for nearby
+    points, so they are accumulated in the Gram work dtype (float64 when exact).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, sc: float, work: torch.dtype) -> torch.Tensor:
         out = torch.promote_types(x.dtype, y.dtype)
-        xw, yw = x.to(work), y.to(work)
-        x2, y2 = xw.pow(2).sum(-1), yw.pow(2).sum(-1)
+        ctx.same = y is x
+        xw = x.to(work)
+        yw = xw if ctx.same else y.to(work)
+        x2 = xw.pow(2).sum(-1)
+        y2 = x2 if ctx.same else yw.pow(2).sum(-1)
         sq = torch.addmm(x2[:, None], xw, yw.T, alpha=-2).add_(y2).to(out)
         # The Gram form resolves ‖x−y‖² only down to its rounding noise, ~GRAM_NOISE·(‖x‖² + ‖y‖²):
         # below that the pair counts as coincident (distance 0, zero gradient). Kept on the device
@@ -203,9 +207,14 @@ class _PairwiseDistance(torch.autograd.Function):
         x, y, u, s, t, x_in, y_in = ctx.saved_tensors
         sc, work = ctx.sc, ctx.work
         gq = g * (1 + u.pow(2)).rsqrt() * (2 * sc)  # g · ∂d/∂u · √c
-        v_rows, v_cols = (gq * u).sum(1), (gq * u).sum(0)
+        gu = gq * u
+        v_rows, v_cols = gu.sum(1), gu.sum(0)
         w = torch.where(u > 0, gq / u, 0).to(work).mul_((s.to(work) ** 2)[:, None]).mul_((t.to(work) ** 2)[None, :])
-        xw, yw = x.to(work), y.to(work)
+        xw = x.to(work)
+        if ctx.same:  # x's gradient in both roles: one product instead of two
+            row = w.sum(1) + w.sum(0) + (s**2 * (v_rows + v_cols) * x_in).to(work)
+            return (xw * row[:, None] - (w + w.T) @ xw).to(x.dtype), None, None, None
+        yw = y.to(work)
         gx = gy = None
         if ctx.needs_input_grad[0]:
             row = w.sum(1) + (s**2 * v_rows * x_in).to(work)
@@ -224,8 +233,9 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, c: float |
     ``exact`` accumulates the Gram matrix and norms in float64 (see the module docstring); the
     result is float32 for float32/half inputs either way. Differentiable in x and y (not in c).
     """
-    y = x if y is None else y
-    x, y = _fp32(x, y)
+    same = y is None or y is x
+    (x,) = _fp32(x)
+    y = x if same else _fp32(y)[0]  # one tensor: the backward forms one product with W + Wᵀ instead of two
     sc = math.sqrt(_check_positive(c, "curvature c"))
     work = torch.float64 if exact else torch.promote_types(x.dtype, y.dtype)
     with _no_autocast(x.device):

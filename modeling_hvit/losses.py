@@ -63,6 +63,13 @@ def group_by_label(embeddings: torch.Tensor, labels: torch.Tensor,
     (a stable argsort and a reshape): on CUDA the layout check is then an asynchronous device
     assertion, so the training step has no host↔device synchronisation here.
     """
+    order, classes = _group_order(embeddings, labels, samples_per_class)
+    return embeddings[order], classes
+
+
+def _group_order(embeddings: torch.Tensor, labels: torch.Tensor,
+                 samples_per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``group_by_label``'s checks and layout: the (N, m) batch positions of class k's slot r, and the classes."""
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must have shape (batch, dim), got {tuple(embeddings.shape)}")
     if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
@@ -77,14 +84,14 @@ def group_by_label(embeddings: torch.Tensor, labels: torch.Tensor,
         m = b // max(1, torch.unique(labels).numel())
     if m < 2 or b % m:
         _raise_layout(labels, m)
-    order = torch.sort(labels, stable=True).indices  # batch order kept within a class: slot r
-    grid = labels[order].view(b // m, m)
+    order = torch.sort(labels, stable=True).indices.view(b // m, m)  # batch order kept within a class: slot r
+    grid = labels.index_select(0, order.flatten()).view(b // m, m)
     bad = (grid != grid[:, :1]).any() | (grid[1:, 0] == grid[:-1, 0]).any()
     if labels.device.type == "cuda" and samples_per_class is not None:
         torch._assert_async(~bad)  # the sampler's N × m layout; failing it aborts the step
     elif bad:
         _raise_layout(labels, m)
-    return embeddings[order].view(b // m, m, embeddings.shape[1]), grid[:, 0]
+    return order, grid[:, 0]
 
 
 def _raise_layout(labels: torch.Tensor, m: int) -> None:
@@ -100,72 +107,92 @@ def _raise_layout(labels: torch.Tensor, m: int) -> None:
         f"{labels.shape[0]}")
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """The [i, k, i] entries of an (m, N, m) tensor [anchor slot i, class k, block j], as an (N, m) view:
+    the anchor's own block j = i (written in place, it replaces boolean masks)."""
+    return t.diagonal(dim1=0, dim2=2)
+
+
 class _PairwiseCE(torch.autograd.Function):
     """Σ over anchors (i, k) and slots j ≠ i of CE(candidates, positive), from the slot-major similarity
     matrix (M × M, M = m·N); the candidates of anchor (i, k) for pair j are block j and block i without
-    itself. Each block is exponentiated against its own maximum (the row max subtracted before the
-    log-sum-exp, so float32 gradients keep their precision for logits far from 0); the gradient is
-    one pass: ``E · weights`` and, at the positives, p − 1 = −(negative mass)/Z without cancellation.
-    Also returns the detached statistics (no boolean indexing: no host↔device sync)."""
+    itself. Works in one (M × M) buffer: the logits; then E = exp(logit − the block's best negative)
+    with the positives and self at 0 (each block's negative mass, ≥ 1, kept apart from its positive:
+    p − 1 = −(negative mass)/Z without cancellation); then, in the backward, the gradient in place.
+    Full passes: scale, sum, min, max, subtract, exp, block sums; one multiply in the backward. The
+    rest is (m, N, m) arithmetic on block statistics, indexed [anchor slot i, class k, block j]; the
+    detached statistics come from them (no boolean indexing: no host↔device sync)."""
 
     @staticmethod
     def forward(ctx, sim: torch.Tensor, m: int, n: int, inv_tau: float, weight: float):
-        big = m * n
-        s = sim * inv_tau  # the logits; becomes E in place below
-        same = s.view(m, n, m, n).diagonal(dim1=1, dim2=3)  # (m, m, N): [i, j, k] = (i,k) vs (j,k)
-        pos = same.clone()
-        off = ~torch.eye(m, dtype=torch.bool, device=s.device)
-        slot = torch.arange(m, device=s.device).repeat_interleave(n)[:, None]  # (M, 1): anchor's slot i
-        own = slot == torch.arange(m, device=s.device)  # (M, m): block j is the anchor's own block
+        big, count = m * n, m * (m - 1) * n
+        e = sim * inv_tau  # the logits; becomes E, then the gradient, in place
+        same = e.view(m, n, m, n).diagonal(dim1=1, dim2=3)  # (m, m, N) view: [i, j, k] = (i, k) vs (j, k)
+        pos = same.transpose(1, 2).clone()  # (m, N, m) [i, k, j]: the positive's logit in block j (j = i: self)
         stats: dict[str, torch.Tensor] = {}
-        if n > 1:  # negatives: every pair of samples from different classes
-            same.fill_(0)
-            neg_sum = s.sum()
-            same.fill_(torch.inf)
-            stats.update(neg_logit_mean=neg_sum / (big * m * (n - 1)), neg_logit_min=s.amin())
+        with torch.no_grad():
+            off = pos.clone()
+            _own(off).fill_(0)
+            stats["pos_logit_mean"] = off.sum() / count
+            _own(off).fill_(torch.inf)
+            stats["pos_logit_min"] = off.amin()
+            _own(off).fill_(-torch.inf)
+            stats["pos_logit_max"] = off.amax()
+        ctx.shape, ctx.scale, ctx.inv_tau = (m, n), inv_tau * weight, inv_tau
+        if n == 1:  # no negatives: every pair's only candidate is its positive (loss 0, gradient 0)
+            stats["accuracy"] = e.new_ones(())
+            ctx.mark_non_differentiable(*stats.values())
+            return (e.new_zeros(()), *(stats[k] for k in sorted(stats)))
+        same.fill_(0)  # the negatives' statistics: every pair of samples from different classes
+        stats["neg_logit_mean"] = e.sum() / (big * m * (n - 1))
+        same.fill_(torch.inf)
+        stats["neg_logit_min"] = e.amin()
         same.fill_(-torch.inf)
-        s3 = s.view(big, m, n)
-        mneg = s3.amax(-1)  # (M, m): the best negative of anchor r in block j (−inf when N = 1)
-        same.copy_(torch.where(off[:, :, None], pos, -torch.inf))  # positives back; self stays −inf
-        posr = pos.permute(0, 2, 1).reshape(big, m)  # [r = (i, k), j]: logit of the positive in block j
-        mb = torch.maximum(mneg, posr.masked_fill(own, -torch.inf))  # block maxima (self excluded)
-        s3.sub_(torch.where(torch.isfinite(mb), mb, 0)[:, :, None]).exp_()  # E, ≤ 1; self → 0
-        same.fill_(0)  # E without the positives: their mass is kept apart (no 1 − p cancellation)
-        bneg = s3.sum(-1)  # (M, m): negatives' mass per block, relative to the block max
-        m_own, b_own = mb.gather(1, slot), bneg.gather(1, slot)  # (M, 1): the anchor's own block i
-        c = torch.maximum(mb, m_own)  # each pair's max logit
-        negmass = torch.exp(mb - c) * bneg + torch.exp(m_own - c) * b_own
-        posmass = torch.exp(posr - c)
+        e3 = e.view(big, m, n)
+        a = e3.amax(-1)  # (M, m): the best negative per block, the reference of its exponentials
+        e3.sub_(a[:, :, None]).exp_()  # E ∈ [0, 1], positives and self at 0
+        b = e3.sum(-1).view(m, n, m)  # each block's negative mass relative to exp(a): ≥ 1
+        a = a.view(m, n, m)
+        a_own, b_own = _own(a).T[:, :, None], _own(b).T[:, :, None]  # (m, N, 1): the anchor's own block i
+        c = torch.maximum(torch.maximum(a, a_own), pos)  # each pair's max logit
+        negmass = torch.exp(a - c) * b + torch.exp(a_own - c) * b_own
+        posmass = torch.exp(pos - c)
         logz = torch.log(posmass + negmass)  # ≥ 0: the max term is exp(0)
         # CE = log Z − (pos − c) = log1p(neg/pos): the second form keeps small losses exact
-        rows = torch.where(posr - c > -20, torch.log1p(negmass / posmass), logz - (posr - c))
-        loss = rows.masked_fill(own, 0).sum() * weight
-        ctx.save_for_backward(s, mb, c, logz, negmass, own, off, slot)
-        ctx.shape, ctx.scale = (m, n), inv_tau * weight
+        rows = torch.where(pos - c > -20, torch.log1p(negmass / posmass), logz - (pos - c))
+        _own(rows).fill_(0)
+        loss = rows.sum() * weight
         with torch.no_grad():
-            best_neg = torch.maximum(mneg, mneg.gather(1, slot))
-            pos_pairs = pos.masked_fill(~off[:, :, None], 0)
-            count = m * (m - 1) * n
-            stats.update(pos_logit_mean=pos_pairs.sum() / count,
-                         pos_logit_min=pos.masked_fill(~off[:, :, None], torch.inf).amin(),
-                         pos_logit_max=pos.masked_fill(~off[:, :, None], -torch.inf).amax(),
-                         accuracy=((posr > best_neg) & ~own).to(s.dtype).sum() / count)
-            if n > 1:
-                stats["neg_logit_max"] = mneg.amax()
+            hit = pos > torch.maximum(a, a_own)
+            _own(hit).fill_(False)
+            stats.update(accuracy=hit.sum(dtype=e.dtype) / count, neg_logit_max=a.amax())
+        ctx.save_for_backward(sim, a, c, logz, negmass)
+        ctx.e = e  # not saved_tensors: the backward overwrites it
         ctx.mark_non_differentiable(*stats.values())
         return (loss, *(stats[k] for k in sorted(stats)))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *_):
-        e, mb, c, logz, negmass, own, off, slot = ctx.saved_tensors
         m, n = ctx.shape
+        if n == 1:
+            return grad_loss.new_zeros((m, m)), None, None, None, None
+        sim, a, c, logz, negmass = ctx.saved_tensors
+        e, ctx.e = ctx.e, None  # E becomes the gradient in place
+        if e is None:  # a second backward through a retained graph: E again, as the forward made it
+            e = sim * ctx.inv_tau
+            e.view(m, n, m, n).diagonal(dim1=1, dim2=3).fill_(-torch.inf)
+            e.view(m * n, m, n).sub_(a.view(m * n, m, 1)).exp_()
         g = grad_loss * ctx.scale
-        w = torch.exp(mb - c - logz)  # (M, m): softmax weight per unit of E, block j in pair j
-        w_own = torch.exp(mb.gather(1, slot) - c - logz).masked_fill(own, 0).sum(1)  # block i, every pair
-        grad = e.view(m * n, m, n) * (torch.where(own, w_own[:, None], w) * g)[:, :, None]
-        pos_grad = -(negmass * torch.exp(-logz)).masked_fill(own, 0) * g  # p − 1 = −neg/Z, exact
-        grad.view(m, n, m, n).diagonal(dim1=1, dim2=3).copy_(pos_grad.view(m, n, m).transpose(1, 2))
-        return grad.view(m * n, m * n), None, None, None, None
+        w = torch.exp(a - c - logz)  # (m, N, m): softmax weight per unit of E in block j of pair (i, j)
+        w_own = torch.exp(_own(a).T[:, :, None] - c - logz)  # block i's, in pair (i, j); it sums over j ≠ i
+        _own(w_own).fill_(0)
+        _own(w).copy_(w_own.sum(-1).T)
+        e.view(m * n, m, n).mul_((w * g).view(m * n, m, 1))
+        pos_grad = negmass * torch.exp(-logz) * -g  # p − 1 = −neg/Z, exact
+        _own(pos_grad).fill_(0)  # self: not a candidate
+        e.view(m, n, m, n).diagonal(dim1=1, dim2=3).copy_(pos_grad.transpose(1, 2))
+        return e, None, None, None, None
 
 
 def pairwise_cross_entropy(embeddings: torch.Tensor, labels: torch.Tensor, geometry: str = "poincare",
@@ -184,11 +211,11 @@ def pairwise_cross_entropy(embeddings: torch.Tensor, labels: torch.Tensor, geome
     (emb,) = _fp32(embeddings)
     if not emb.dtype.is_floating_point:
         raise ValueError(f"embeddings must be floating point, got dtype {emb.dtype}")
-    z, _ = group_by_label(emb, labels, samples_per_class)
-    n, m, _ = z.shape
+    order, _ = _group_order(emb, labels, samples_per_class)
+    n, m = order.shape
     weight = 1 / n if reduction == "sum" else 1 / (n * m * (m - 1))  # each pair's CE: mean over anchors
-    with _no_autocast(z.device):
-        views = z.transpose(0, 1).reshape(m * n, z.shape[2])  # slot-major: row i·N + k = class k, slot i
+    with _no_autocast(emb.device):
+        views = emb[order.T.flatten()]  # slot-major: row i·N + k = class k, slot i
         sim = pairwise_similarity(views, views, geometry, curvature)
         loss, *values = _PairwiseCE.apply(sim, m, n, 1 / temperature, weight)
     keys = ["accuracy", "pos_logit_max", "pos_logit_mean", "pos_logit_min"]

@@ -300,3 +300,21 @@ def test_pairwise_gradient_matches_finite_differences_and_textbook():
     a3, b3 = x.float().requires_grad_(), y.float().requires_grad_()
     (H.pairwise_distance(a3, b3, C) * g.float()).sum().backward()
     torch.testing.assert_close(a3.grad.double(), a2.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pairwise_gradient_of_a_batch_against_itself(dtype):
+    """x against itself (the loss's case): the backward's single product with W + Wᵀ equals the two products
+    of two separate tensors, and gradcheck holds; a non-symmetric upstream gradient, nearby and coincident pairs."""
+    x = torch.cat([ball_points(6, 5, 21), ball_points(2, 5, 21)[:1] + 1e-3, ball_points(1, 5, 22)]).double()
+    x = torch.cat([x, x[-1:]])  # a duplicated point: d = 0 with zero gradient
+    g = torch.randn(len(x), len(x), dtype=torch.float64, generator=torch.Generator().manual_seed(23))
+    torch.autograd.gradcheck(lambda a: (H.pairwise_distance(a, a, C) * g).sum(), (x.clone().requires_grad_(),))
+    one = x.to(dtype).clone().requires_grad_()
+    (H.pairwise_distance(one, one, C) * g.to(dtype)).sum().backward()
+    a, b = x.to(dtype).clone().requires_grad_(), x.to(dtype).clone().requires_grad_()  # two tensors: two products
+    (H.pairwise_distance(a, b, C) * g.to(dtype)).sum().backward()
+    torch.testing.assert_close(one.grad, a.grad + b.grad, rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=1e-12)
+    none = x.to(dtype).clone().requires_grad_()  # y=None means x
+    (H.pairwise_distance(none, c=C) * g.to(dtype)).sum().backward()
+    torch.testing.assert_close(none.grad, one.grad, rtol=0, atol=0)

@@ -262,3 +262,99 @@ def test_float32_positive_pair_gradients_are_accurate(geometry, base, margin, mo
     err = (sim.grad.double() - want)[pos].norm() / want[pos].norm()
     assert err < 5e-6, f"positive-pair gradient relative error {err:.1e}"
     assert torch.allclose(sim.grad.double()[~pos], want[~pos], rtol=1e-4, atol=1e-12)
+
+
+# ---------------------------------------------------------------- float32 loss and gradient vs a float64 autograd reference (issue 17)
+def _sim64(a: torch.Tensor, b: torch.Tensor, geometry: str, c: float) -> torch.Tensor:
+    """Textbook float64 similarities, (n, n') from (n, d) and (n', d), differentiable by autograd."""
+    if geometry == "poincare":
+        xy, x2, y2 = -a @ b.T, (a * a).sum(-1)[:, None], (b * b).sum(-1)[None, :]
+        num = (1 + 2 * c * xy + c * y2)[..., None] * -a[:, None] + (1 - c * x2)[..., None] * b[None]
+        norm = (num.pow(2).sum(-1) + 1e-300).sqrt() / (1 + 2 * c * xy + c * c * x2 * y2)  # ‖(−a) ⊕ b‖
+        return -2 / math.sqrt(c) * torch.atanh(math.sqrt(c) * norm)
+    if geometry == "lorentz":
+        a0, b0 = (1 / c + a.pow(2).sum(-1)).sqrt(), (1 / c + b.pow(2).sum(-1)).sqrt()
+        return -torch.acosh((c * (a0[:, None] * b0[None] - a @ b.T)).clamp_min(1 + 1e-15)) / math.sqrt(c)
+    if geometry == "sphere":
+        return (a / a.norm(dim=-1, keepdim=True)) @ (b / b.norm(dim=-1, keepdim=True)).T
+    return -((a[:, None] - b[None]).pow(2).sum(-1) + 1e-300).sqrt()
+
+
+def _reference_loss64(z: torch.Tensor, geometry: str, tau: float, c: float, mean: bool) -> torch.Tensor:
+    """The original's loop (SPEC §3) in float64 autograd: z is (N, m, d); Σ (or mean) over pairs i ≠ j of the
+    mean over anchors of CE over [block j | block i without self]."""
+    n, m, _ = z.shape
+    loss, eye = z.new_zeros(()), torch.eye(n, dtype=torch.bool)
+    for i in range(m):
+        for j in range(m):
+            if i != j:
+                own = _sim64(z[:, i], z[:, i], geometry, c).masked_fill(eye, -torch.inf)
+                logits = torch.cat([_sim64(z[:, i], z[:, j], geometry, c), own], 1) / tau
+                loss = loss + torch.nn.functional.cross_entropy(logits, torch.arange(n))
+    return loss / (m * (m - 1)) if mean else loss
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "lorentz", "sphere", "euclidean"])
+@pytest.mark.parametrize("m, n", [(2, 30), (9, 6)])
+@pytest.mark.parametrize("options", [{}, {"reduction": "mean", "temperature": 0.5, "curvature": 0.3}])
+def test_float32_loss_and_gradient_match_float64_reference(geometry, m, n, options):
+    """Issue 17: the fused, in-place forward/backward against plain float64 autograd, every geometry, m = 2 and 9,
+    default and non-default options, a batch in shuffled order; statistics from the same reference logits."""
+    c = options.get("curvature", 0.1)
+    tau = options.get("temperature", {"poincare": 0.2, "lorentz": 0.2, "sphere": 0.1}.get(geometry, 0.3))
+    rng = np.random.default_rng(100 * m + len(geometry))
+    z = torch.from_numpy(_ball_points(n, m, 8, c, rng, scale=0.5))
+    perm = torch.from_numpy(rng.permutation(n * m))  # a shuffled batch
+    labels = torch.arange(n).repeat_interleave(m)[perm] * 7 + 3
+    emb = z.reshape(n * m, -1)[perm].float().requires_grad_(True)
+    loss_fn = PairwiseCrossEntropyLoss(geometry, temperature=tau, curvature=c,
+                                       reduction=options.get("reduction", "sum"), samples_per_class=m)
+    out = loss_fn(emb, labels)
+    out.loss.backward()
+    ref_emb = z.reshape(n * m, -1)[perm].clone().requires_grad_(True)
+    # slot r of a class is its r-th occurrence in batch order
+    grouped = torch.stack([ref_emb[(labels == label).nonzero().flatten()] for label in labels.unique()])
+    ref = _reference_loss64(grouped, geometry, tau, c, options.get("reduction") == "mean")
+    ref.backward()
+    assert out.loss.dtype == torch.float32
+    assert out.loss.item() == pytest.approx(ref.item(), rel=2e-5)
+    assert 0.05 < out.stats["accuracy"].item() < 0.95  # neither trivial nor hopeless: the gradient is not ~0
+    torch.testing.assert_close(emb.grad.double(), ref_emb.grad, rtol=2e-4, atol=2e-5 * ref_emb.grad.abs().max().item())
+    # statistics against the reference logits
+    with torch.no_grad():
+        zz = grouped.transpose(0, 1).reshape(n * m, -1)  # slot-major
+        logits = _sim64(zz, zz, geometry, c) / tau
+        cls = torch.arange(n * m) % n
+        same, self_ = cls[:, None] == cls[None, :], torch.eye(n * m, dtype=torch.bool)
+        pos, neg = logits[same & ~self_], logits[~same]
+    for key, want in [("pos_logit_mean", pos.mean()), ("pos_logit_min", pos.min()), ("pos_logit_max", pos.max()),
+                      ("neg_logit_mean", neg.mean()), ("neg_logit_min", neg.min()), ("neg_logit_max", neg.max())]:
+        assert out.stats[key].item() == pytest.approx(want.item(), rel=1e-4, abs=1e-4), key
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "sphere"])
+@pytest.mark.parametrize("m", [2, 4])
+def test_gradcheck_and_repeated_backward(geometry, m):
+    """Issue 17: the backward computes the gradient in place in the forward's buffer; gradcheck in float64 (it
+    also runs the backward twice), and a second backward through a retained graph gives the same gradient."""
+    rng = np.random.default_rng(7 + m)
+    emb, labels = _flatten_class_major(_ball_points(3, m, 4, 0.1, rng))
+    emb.requires_grad_(True)
+    loss_fn = PairwiseCrossEntropyLoss(geometry, reduction="mean")
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels).loss, (emb,), eps=1e-6, atol=1e-5)
+    x = emb.detach().float().requires_grad_(True)
+    loss = loss_fn(x, labels).loss
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, x)[0]
+    assert torch.equal(first, second) and first.abs().sum() > 0
+
+
+def test_single_class_gradient_is_exactly_zero():
+    emb = (torch.randn(4, 3) * 0.2).requires_grad_(True)
+    out = PairwiseCrossEntropyLoss("sphere", samples_per_class=4)(emb, torch.tensor([1, 1, 1, 1]))
+    (out.loss + emb.sum() * 0).backward()
+    assert out.loss.item() == 0 and torch.equal(emb.grad, torch.zeros_like(emb))
+    e = emb.detach().double()
+    cos = [float(e[a] @ e[b] / (e[a].norm() * e[b].norm())) for a in range(4) for b in range(4) if a != b]
+    assert out.stats["pos_logit_max"].item() == pytest.approx(10 * max(cos), rel=1e-5)
+    assert out.stats["pos_logit_min"].item() == pytest.approx(10 * min(cos), rel=1e-5)
