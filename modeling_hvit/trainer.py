@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import math
 import os
 from collections import defaultdict
@@ -21,7 +22,7 @@ from transformers.utils import logging
 
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .curvature import CurvatureMonitor, add_curvature_param_group
-from .distributed import gather_batch
+from .distributed import gather_batch, run_on_main
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings, head_linear_output
 from .metrics import DEFAULT_RECALL_KS
@@ -403,10 +404,6 @@ class HViTTrainer(Trainer):
         already gathered on every rank): the k-NN search is not repeated by each process. A ``compute``
         with a ``device`` parameter (`make_compute_metrics`) searches on the model's device; on the CPU
         with the threads of the node's processes, which wait for the result."""
-        import inspect
-
-        from .distributed import run_on_main
-
         device = next(self.accelerator.unwrap_model(self.model).parameters()).device
         if "device" in inspect.signature(compute).parameters:
             kwargs.setdefault("device", device)
