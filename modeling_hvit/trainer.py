@@ -402,12 +402,11 @@ class HViTTrainer(Trainer):
     def _metrics_on_main(self, compute: Callable[..., dict], *args, **kwargs) -> dict[str, float]:
         """``compute(*args)`` on the main process only, every rank getting its result (the predictions are
         already gathered on every rank): the k-NN search is not repeated by each process. A ``compute``
-        with a ``device`` parameter (`make_compute_metrics`) searches on the model's device; on the CPU
-        with the threads of the node's processes, which wait for the result."""
+        with a ``device`` parameter (`make_compute_metrics`) searches on the model's device."""
         device = next(self.accelerator.unwrap_model(self.model).parameters()).device
         if "device" in inspect.signature(compute).parameters:
             kwargs.setdefault("device", device)
-        return run_on_main(lambda: compute(*args, **kwargs), share_threads=device.type == "cpu")
+        return run_on_main(lambda: compute(*args, **kwargs))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Weights through `from_pretrained`, which maps the legacy on-disk ViT key names back to the
