@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .curvature import CurvatureMonitor, add_curvature_param_group
-from .distributed import gather_batch, run_on_main
+from .distributed import gather_batch
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings, head_linear_output
 from .metrics import DEFAULT_RECALL_KS
@@ -223,8 +223,8 @@ class HViTTrainer(Trainer):
     - the loss is `PairwiseCrossEntropyLoss` on the embeddings of *all* ranks, gathered with gradient:
       parameter gradients equal a single process on the global batch;
     - AdamW with weight decay on every parameter (the original), constant LR, clip 3 (the arguments);
-    - evaluation embeds the eval split and reports retrieval metrics (`make_compute_metrics`), computed
-      once, by the main process on the model's device, and broadcast: every rank logs/returns the same;
+    - evaluation embeds the eval split and reports retrieval metrics (`make_compute_metrics`), searching
+      on the model's device; every rank computes them on the gathered embeddings (the same values);
     - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs;
     - a NaN/inf loss or gradient norm stops the run at that step (or skips the update,
       ``on_nonfinite="skip"``);
@@ -384,29 +384,31 @@ class HViTTrainer(Trainer):
             gallery = self.predict(self.gallery_dataset)
         finally:
             self.compute_metrics = compute
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._metrics_on_main(compute, queries, gallery).items()}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self._metrics_on_device(compute, queries, gallery).items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     def evaluation_loop(self, *args, **kwargs):
-        """As the Trainer's, with `compute_metrics` run once (`_metrics_on_main`) instead of on every rank."""
+        """As the Trainer's, with `compute_metrics` searching on the model's device (`_metrics_on_device`)."""
         compute = self.compute_metrics
         if compute is not None and not self.args.batch_eval_metrics:
-            self.compute_metrics = functools.partial(self._metrics_on_main, compute)
+            self.compute_metrics = functools.partial(self._metrics_on_device, compute)
         try:
             return super().evaluation_loop(*args, **kwargs)
         finally:
             self.compute_metrics = compute
 
-    def _metrics_on_main(self, compute: Callable[..., dict], *args, **kwargs) -> dict[str, float]:
-        """``compute(*args)`` on the main process only, every rank getting its result (the predictions are
-        already gathered on every rank): the k-NN search is not repeated by each process. A ``compute``
-        with a ``device`` parameter (`make_compute_metrics`) searches on the model's device."""
+    def _metrics_on_device(self, compute: Callable[..., dict], *args, **kwargs) -> dict[str, float]:
+        """``compute(*args)`` on the model's device (a ``compute`` with a ``device`` parameter:
+        `make_compute_metrics`). Every rank computes it on the gathered predictions: computing once on
+        rank 0 and broadcasting (`distributed.run_on_main`) coincided with 2-process CPU runs aborting at
+        exit in CI ("terminate called without an active exception"), so it is not used here until that is
+        understood."""
         device = next(self.accelerator.unwrap_model(self.model).parameters()).device
         if "device" in inspect.signature(compute).parameters:
             kwargs.setdefault("device", device)
-        return run_on_main(lambda: compute(*args, **kwargs))
+        return compute(*args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Weights through `from_pretrained`, which maps the legacy on-disk ViT key names back to the
