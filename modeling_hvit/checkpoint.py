@@ -227,7 +227,7 @@ class CheckpointCallback(TrainerCallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modeling_hvit.checkpoint",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m modeling_hvit.checkpoint",
                                      description=f"Check or (re)write the {MANIFEST_NAME} of a saved model or checkpoint.")
     parser.add_argument("command", choices=("verify", "write"))
     parser.add_argument("folder")

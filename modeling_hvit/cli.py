@@ -63,7 +63,7 @@ def card_main(argv: list[str]) -> int:
 def data_main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="hvit data", description="Prepare training data.")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="hvit data", description="Prepare training data.")
     p.add_argument("action", choices=["cache"], help="cache: write each split once at a reduced size (sharded "
                    "Arrow), so training decodes small images (`hvit data cache --help`)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the action's options")
@@ -123,12 +123,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hvit: error: unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)} "
               "(`hvit --help`)", file=sys.stderr)
         return 2
-    return run(argv[0], argv[1:])
+    return _end(run(argv[0], argv[1:]))
 
 
 def command_main(name: str) -> None:
     """Entry of the script wrappers (`train_hvit.py`, `eval_hvit.py`): ``hvit <name>`` with sys.argv."""
-    sys.exit(run(name, sys.argv[1:]))
+    sys.exit(_end(run(name, sys.argv[1:])))
+
+
+def _end(code: int) -> int:
+    """A process started by a launcher (`accelerate launch`) ends here, without the interpreter's
+    finalization (`distributed.exit_launched_process`); a single process returns ``code``."""
+    from .distributed import exit_launched_process
+
+    exit_launched_process(code)
+    return code
 
 
 if __name__ == "__main__":

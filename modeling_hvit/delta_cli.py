@@ -76,7 +76,7 @@ def model_features(model_name: str, dataset: str, data_dir: str | None = None, *
 
 
 def build_parser(prog: str = "python -m modeling_hvit.delta") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HViT model or plain backbone, directory or Hub id (its encoder embeds the images)")

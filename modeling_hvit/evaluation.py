@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .data import DataArguments
     from .data.splits import describe_splits, split_summary
 
-    parser = HfArgumentParser((EvalArguments, DataArguments))
+    parser = HfArgumentParser((EvalArguments, DataArguments), allow_abbrev=False)
     parser.set_defaults(**{f.name: _UNSET for f in fields(DataArguments)})  # tells given flags from defaults
     args, dargs = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()

@@ -249,7 +249,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool | None
 
 # -- CLI ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, prog: str = "python -m modeling_hvit.hub") -> int:
-    parser = argparse.ArgumentParser(prog=prog,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog=prog,
                                      description="Publish a trained HViT folder on the Hugging Face Hub.")
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="validate the folder, render the card, upload (needs `hf auth login`)")

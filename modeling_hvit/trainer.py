@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .curvature import CurvatureMonitor, add_curvature_param_group
-from .distributed import gather_batch
+from .distributed import gather_batch, run_on_main
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings, head_linear_output
 from .metrics import DEFAULT_RECALL_KS
@@ -400,15 +400,12 @@ class HViTTrainer(Trainer):
             self.compute_metrics = compute
 
     def _metrics_on_device(self, compute: Callable[..., dict], *args, **kwargs) -> dict[str, float]:
-        """``compute(*args)`` on the model's device (a ``compute`` with a ``device`` parameter:
-        `make_compute_metrics`). Every rank computes it on the gathered predictions: computing once on
-        rank 0 and broadcasting (`distributed.run_on_main`) coincided with 2-process CPU runs aborting at
-        exit in CI ("terminate called without an active exception"), so it is not used here until that is
-        understood."""
+        """``compute(*args)`` once, on rank 0 and the model's device (a ``compute`` with a ``device``
+        parameter: `make_compute_metrics`); every rank returns rank 0's metrics (`distributed.run_on_main`)."""
         device = next(self.accelerator.unwrap_model(self.model).parameters()).device
         if "device" in inspect.signature(compute).parameters:
             kwargs.setdefault("device", device)
-        return compute(*args, **kwargs)
+        return run_on_main(lambda: compute(*args, **kwargs))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Weights through `from_pretrained`, which maps the legacy on-disk ViT key names back to the

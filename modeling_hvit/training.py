@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, TrainData
         if not isinstance(recipe, dict):
             raise UserError(f"--config {path}: expected a mapping of argument names to values")
         recipe_name = f"--config {path}"
-    parser = HfArgumentParser((ModelArguments, TrainDataArguments, HViTTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, TrainDataArguments, HViTTrainingArguments), allow_abbrev=False)
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(recipe) - known)
     if unknown:

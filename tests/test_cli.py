@@ -108,6 +108,9 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     # an unknown flag, and a value the arguments' own checks reject: one line each, no traceback
     assert cli.run("train", ["--bogus_flag", "1"]) == 2
     assert capsys.readouterr().err == "hvit train: error: unknown arguments ['--bogus_flag', '1']; see `hvit train --help-all`\n"
+    # an abbreviated flag is not silently taken for the flag it abbreviates
+    assert cli.run("train", ["--learning_rat", "0.1"]) == 2
+    assert "unknown arguments ['--learning_rat', '0.1']" in capsys.readouterr().err
     assert cli.run("train", ["--lr_scheduler_type", "sideways"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hvit train: error: sideways is not a valid SchedulerType") and err.count("\n") == 1

@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """`hvit data cache`: build (or find) the cache of every split of a dataset; prints one line per split."""
     from .builders import build_dataset
 
-    p = argparse.ArgumentParser(prog="hvit data cache", description=main.__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="hvit data cache", description=main.__doc__)
     p.add_argument("--dataset", required=True, help="a dataset name as for training (cub, sop, caltech101, demo, …)")
     p.add_argument("--data_dir", default=None, help="the extracted folder or official archive")
     p.add_argument("--out_dir", default=str(default_cache_dir()), help="cache root (default: $HF_HOME/hvit/images)")

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     """`hvit app INDEX [MODEL] [--port N]`: serve the app locally."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="hvit app", description=main.__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="hvit app", description=main.__doc__)
     p.add_argument("index", help="an index folder (`hvit index build`)")
     p.add_argument("model", nargs="?", default=None, help="model (default: the one recorded in the index)")
     p.add_argument("--threshold", type=float, default=None,

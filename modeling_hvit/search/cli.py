@@ -37,7 +37,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 
 def index_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hvit index", description="Build or extend a persistent image index.")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="hvit index", description="Build or extend a persistent image index.")
     sub = p.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="Embed images into a new index (resumes an interrupted build).")
     b.add_argument("source", help="Folder, .txt file list, image, hub:org/name or a saved dataset folder.")
@@ -138,7 +138,7 @@ def index_main(argv: Sequence[str] | None = None) -> int:
 
 
 def search_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hvit search", description="Nearest neighbours of query images in an index.")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="hvit search", description="Nearest neighbours of query images in an index.")
     p.add_argument("index", help="Index folder (hvit index build).")
     p.add_argument("queries", nargs="+", help="Query images or folders of images.")
     _model_arg(p, required=False)
@@ -198,7 +198,7 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 
 
 def dedup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hvit dedup", description="Groups of near-duplicate images in an index "
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="hvit dedup", description="Groups of near-duplicate images in an index "
                                 "(connected components of the pairs within the threshold).")
     p.add_argument("index", help="Index folder (hvit index build).")
     t = p.add_argument_group("threshold (without one: print the nearest-neighbour distance histogram)")

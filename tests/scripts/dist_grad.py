@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from modeling_hvit.distributed import exit_launched_process
 from modeling_hvit.hyperbolic import clip_features, expmap0
 from modeling_hvit.losses import PairwiseCrossEntropyLoss
 
@@ -103,3 +104,4 @@ def main(out_dir: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    exit_launched_process(0)  # as the CLIs end: no interpreter finalization under the launcher

@@ -23,7 +23,7 @@ from modeling_hvit import HViTModel
 from modeling_hvit.configuration_hvit import HViTConfig
 from modeling_hvit.data import build_dataset, dataset_labels
 from modeling_hvit.data.transforms import EvalTransform, with_image_transform
-from modeling_hvit.distributed import run_on_main
+from modeling_hvit.distributed import exit_launched_process, run_on_main
 from modeling_hvit.retrieval import search_counts
 from modeling_hvit.trainer import HViTTrainer, HViTTrainingArguments, make_compute_metrics
 
@@ -69,3 +69,4 @@ def main(out_dir: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    exit_launched_process(0)  # as the CLIs end: no interpreter finalization under the launcher

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from modeling_hvit.distributed import exit_launched_process
 from modeling_hvit.search import Embedder, HViTIndex
 from modeling_hvit.search.sharding import ProcessGroup
 
@@ -32,3 +33,5 @@ if action == "build":
 else:
     HViTIndex.add(index, source, embedder=emb, shard_size=int(shard_size), batch_size=3)
 print(f"rank {group.rank} done")
+
+exit_launched_process(0)  # as the CLIs end: no interpreter finalization under the launcher

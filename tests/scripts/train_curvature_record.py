@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_record  # noqa: E402
 
+from modeling_hvit.distributed import exit_launched_process  # noqa: E402
 from modeling_hvit.trainer import HViTTrainer  # noqa: E402
 
 
@@ -57,3 +58,4 @@ def main(out_dir: Path, argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2:])
+    exit_launched_process(0)  # as the CLIs end: no interpreter finalization under the launcher

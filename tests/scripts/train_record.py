@@ -26,6 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from modeling_hvit import training
+from modeling_hvit.distributed import exit_launched_process
 from modeling_hvit.trainer import HViTTrainer
 
 
@@ -60,3 +61,4 @@ def main(out_dir: Path, argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2:])
+    exit_launched_process(0)  # as the CLIs end: no interpreter finalization under the launcher
