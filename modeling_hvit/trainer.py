@@ -23,6 +23,7 @@ from transformers.utils import logging
 from .checkpoint import CheckpointCallback, resume_checkpoint, verify_manifest
 from .curvature import CurvatureMonitor, add_curvature_param_group
 from .distributed import gather_batch, run_on_main
+from .errors import UserError
 from .losses import PairwiseCrossEntropyLoss
 from .evaluation import evaluate_embeddings, head_linear_output
 from .metrics import DEFAULT_RECALL_KS
@@ -168,8 +169,9 @@ def default_num_workers(cpus: int | None = None, local_processes: int | None = N
     return max(1, min(8, cpus // max(1, local_processes)))
 
 
-class NonFiniteStepError(FloatingPointError):
-    """A training step produced a NaN/inf loss or gradient norm (`--on_nonfinite error`)."""
+class NonFiniteStepError(UserError, FloatingPointError):
+    """A training step produced a NaN/inf loss or gradient norm (`--on_nonfinite error`). A `UserError`:
+    the command line prints it as one line, which says what to change (the learning rate, the data)."""
 
 
 def make_compute_metrics(geometry: str, curvature: float | Callable[[], float], ks: Sequence[int] | None = None, *,

@@ -174,3 +174,14 @@ def test_metric_ships_inside_the_package():
     metric = evaluate.load(str(path))
     out = metric.compute(predictions=[[0.0, 0.1], [0.0, 0.2], [0.3, 0.0], [0.05, 0.3]], references=[0, 0, 1, 1], ks=[1])
     assert out["recall@1"] == 0.5  # float64 Poincaré distances: items 2 and 3 (class 1) have class-0 nearest neighbours
+
+
+def test_diverged_run_is_one_line(tmp_path, capsys):
+    """A step with a non-finite loss stops the run (`--on_nonfinite error`) with one line naming the step
+    and what to change, not a traceback: a learning rate of 1e30 makes step 2's loss NaN."""
+    argv = ["--max_steps", "4", "--learning_rate", "1e30", "--report_to", "none", "--disable_tqdm", "true",
+            "--output_dir", str(tmp_path / "out")]
+    assert cli.run("train", argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("hvit train: error: step 2: the training loss is not finite; stopped before the update")
+    assert "--learning_rate" in err[-1] and not any("Traceback" in line for line in err)
