@@ -11,6 +11,8 @@ tensors for the model, JPEGs generated on the fly for the input pipeline). Secti
   (same model, loss, optimiser settings, data already on the device), bf16 and fp16 with loss scaling
   (overflow-skipped steps counted), patch 16 and 8 (8 retried with gradient checkpointing on OOM),
   torch.compile on/off. FLOPs per trained image = 3 × forward FLOPs (backward ≈ 2 × forward);
+- ``profile_p16_bf16``: where the bf16 patch-16 step's time goes (torch.profiler: kernel time by kind,
+  the largest kernels, and the fraction of the step the device is busy);
 - ``encode``: eval forward (inference mode, bf16) images/s on pre-transformed tensors;
 - ``retrieval_sop``: Recall@K + MAP@R of 60,502 × 128 points in the ball on the device;
 - ``delta``: δ-hyperbolicity, 100 draws of 2,000 points, on the device;
@@ -74,13 +76,13 @@ REAL = dict(image=224, batch=900, patches=(16, 8), hidden=384, layers=12, heads=
             delta_points=20_000, n_jpeg=4096, jpeg_side=(400, 800), per_worker_images=256, loader_batch=64,
             cache_side=256, aug_batch=900, compile_backend="inductor", force_checkpointing_p8=False,
             recipe_classes=100, recipe_train_images=5864, recipe_test_images=5924, recipe_jpeg_width=500,
-            recipe_image=224, recipe_backbone="scratch:vit-s16", recipe_steps=50)
+            recipe_image=224, recipe_backbone="scratch:vit-s16", recipe_steps=50, profile_steps=3)
 DRY = dict(image=32, batch=16, patches=(16, 8), hidden=32, layers=2, heads=2, mlp=64, steps=2, warmup=1,
            fp16_steps=4, encode_batch=16, encode_steps=2, retrieval_n=1500, delta_n=100, delta_draws=3,
            delta_points=400, n_jpeg=48, jpeg_side=(64, 128), per_worker_images=16, loader_batch=8,
            cache_side=40, aug_batch=16, compile_backend="eager", force_checkpointing_p8=True,
            recipe_classes=4, recipe_train_images=48, recipe_test_images=48, recipe_jpeg_width=64,
-           recipe_image=32, recipe_backbone="scratch:tiny", recipe_steps=3)
+           recipe_image=32, recipe_backbone="scratch:tiny", recipe_steps=3, profile_steps=1)
 
 
 class SectionTimeout(Exception):
@@ -226,8 +228,9 @@ def rates(batch: int, seconds_per_step: float, fwd_flops: int, peak_tflops: floa
 
 
 def plain_loop(model: HViTModel, device: torch.device, sz: dict, precision: str, steps: int, warmup: int,
-               compile_backend: str | None = None) -> dict:
-    """The reference's structure: forward, loss, backward, clip 3, AdamW step; nothing else."""
+               compile_backend: str | None = None, profile_steps: int = 0) -> dict:
+    """The reference's structure: forward, loss, backward, clip 3, AdamW step; nothing else. With
+    ``profile_steps``, that many more steps run under torch.profiler (`kernel_breakdown`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(params, lr=3e-5, weight_decay=0.01, fused=fused)
@@ -277,7 +280,67 @@ def plain_loop(model: HViTModel, device: torch.device, sz: dict, precision: str,
         first_skip = [0] if float(s[0]) < init_scale else []
         out["skipped_steps"] = first_skip + skipped.tolist()
         out["final_scale"] = float(s[-1])
+    if profile_steps:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(profile_steps):
+                step()
+            sync(device)
+        out["profile"] = kernel_breakdown(prof, device, profile_steps, per_step)
     return out
+
+
+# Kinds of GPU kernels (CPU ops in the dry run), by name; the first pattern that matches wins.
+KERNEL_KINDS = (
+    ("attention", r"flash|fmha|attention|sdpa"),
+    ("matmul", r"gemm|cutlass|xmma|cublas|nvjet|sm\d\d_|\b(aten::)?(mm|addmm|bmm|matmul|linear)\b|convolution|conv2d"),
+    ("layer_norm", r"layer_?norm"),
+    ("softmax", r"softmax"),
+    ("optimizer / clip", r"adam|multi_tensor|foreach"),
+    ("reduction", r"reduce|\bnorm\b|\bsum\b|\bmean\b"),
+    ("copy / layout", r"copy|\bcat\b|transpose|contiguous|index|gather|scatter|permute"),
+    ("elementwise", r"elementwise|vectorized|unrolled|gelu|\badd|\bmul|\bdiv|fill|where|clamp|exp|log|tanh|sqrt"),
+)
+
+
+def kernel_breakdown(prof, device: torch.device, steps: int, step_s: float, top: int = 12) -> dict:
+    """Where a training step's time goes: per kind of kernel (on CPU: of op) and the largest ones, in
+    ms per step and as a share of all kernel time; ``busy_fraction`` = kernel time ÷ the step's
+    unprofiled wall time (well under 1 on a GPU: the device waits for the host)."""
+    cuda = device.type == "cuda"
+    events = prof.key_averages()
+
+    def device_us(ev) -> float:
+        return getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0) or 0
+
+    if cuda:
+        what = "GPU kernels"
+        picked = [(ev.key, device_us(ev)) for ev in events if "cuda" in str(getattr(ev, "device_type", "")).lower()]
+        if not any(us > 0 for _, us in picked):  # kernels not listed apart: the ops' own device time
+            what, picked = "CPU ops' device time", [(ev.key, device_us(ev)) for ev in events]
+    else:
+        what, picked = "CPU aten ops (self time)", [(ev.key, ev.self_cpu_time_total) for ev in events
+                                                    if ev.key.startswith("aten::")]
+    rows: dict[str, float] = {}
+    for key, us in picked:
+        if us > 0:
+            rows[key] = rows.get(key, 0.0) + us / 1e3 / steps
+    total = sum(rows.values())
+    if total == 0:
+        raise RuntimeError(f"the profiler recorded no time ({what})")
+    kinds: dict[str, float] = {}
+    named = []
+    for name, ms in sorted(rows.items(), key=lambda kv: -kv[1]):
+        kind = next((k for k, pattern in KERNEL_KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+        named.append({"name": name[:100], "kind": kind, "ms_per_step": _sig(ms), "share": _sig(ms / total, 3)})
+    return {"what": what, "steps_profiled": steps,
+            "kernel_ms_per_step": _sig(total), "step_ms_unprofiled": _sig(step_s * 1e3),
+            "busy_fraction": _sig(total / (step_s * 1e3), 3),
+            "share_by_kind": {k: _sig(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top": named[:top]}
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -389,6 +452,15 @@ def train_section(check: Check, which: int, precision: str, loop: str, compile_:
         del model
         return out
     raise AssertionError("unreachable")
+
+
+def profile_section(check: Check) -> dict:
+    """ViT-S/16 bf16, plain loop: a few timed steps, then profiled ones (`kernel_breakdown`): which
+    kernels set the step time, to act on the images/s target."""
+    sz, device = check.sizes, check.device
+    model = build_model(sz, sz["patches"][0], device)
+    res = plain_loop(model, device, sz, "bf16", sz["steps"], sz["warmup"], profile_steps=sz["profile_steps"])
+    return {"patch": sz["patches"][0], "precision": "bf16", "batch": sz["batch"], **res["profile"]}
 
 
 def flops_section(check: Check) -> dict:
@@ -909,6 +981,9 @@ def summarise(check: Check) -> None:
         summ["pipeline_per_worker_images_per_s"] = pipe.get("per_worker_images_per_s")
         summ["pipeline_all_cores_images_per_s"] = {k: v["images_per_s"] for k, v in pipe.get("all_cores", {}).items()}
         summ["batched_aug_images_per_s"] = pipe.get("batched_aug", {}).get("images_per_s")
+    prof = s.get("profile_p16_bf16", {})
+    if prof.get("status") == "ok":
+        summ["profile_p16_bf16"] = {k: prof.get(k) for k in ("busy_fraction", "kernel_ms_per_step", "share_by_kind")}
     for name in ("encode", "retrieval_sop", "delta"):
         if s.get(name, {}).get("status") == "ok":
             summ[name] = {k: v for k, v in s[name].items() if k not in ("status", "what")}
@@ -960,6 +1035,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("flops", lambda: flops_section(check), 5, 60),
         ("train_p16_bf16_plain", lambda: train_section(check, 0, "bf16", "plain"), 15, 90),
         ("train_p16_bf16_trainer", lambda: train_section(check, 0, "bf16", "trainer"), 20, 90),
+        ("profile_p16_bf16", lambda: profile_section(check), 20, 90),
         ("train_p16_fp16_plain", lambda: train_section(check, 0, "fp16", "plain"), 15, 90),
         ("train_p8_bf16_plain", lambda: train_section(check, 1, "bf16", "plain"), 30, 120),
         ("train_p8_fp16_plain", lambda: train_section(check, 1, "fp16", "plain"), 40, 120),

@@ -44,6 +44,24 @@ def test_forward_flops_match_textbook_count(patch, size):
     assert train_step.vit_forward_flops(384, 12, 1536, patch, size) == oracle
 
 
+def test_profile_breakdown_accounts_for_the_step():
+    """The profiled steps' time is split by kind with shares summing to 1, the largest entries first;
+    a training step's time is mostly matrix products, and the kinds name them (CPU: aten ops)."""
+    import gpu_check
+
+    sz = {**gpu_check.DRY, "image": 64, "batch": 8, "hidden": 64}
+    model = gpu_check.build_model(sz, 16, torch.device("cpu"))
+    prof = gpu_check.plain_loop(model, torch.device("cpu"), sz, "fp32", 2, 1, profile_steps=2)["profile"]
+    assert prof["steps_profiled"] == 2 and prof["what"].startswith("CPU")
+    assert sum(prof["share_by_kind"].values()) == pytest.approx(1, abs=0.01)
+    ms = [row["ms_per_step"] for row in prof["top"]]
+    assert ms == sorted(ms, reverse=True) and len(ms) == 12
+    kinds = {row["name"]: row["kind"] for row in prof["top"]}
+    assert kinds.get("aten::addmm", "matmul") == "matmul" and kinds.get("aten::mm", "matmul") == "matmul"
+    assert max(prof["share_by_kind"], key=prof["share_by_kind"].get) == "matmul"
+    assert 0 < prof["busy_fraction"] < 2 and prof["kernel_ms_per_step"] > 0
+
+
 def test_sync_waits_for_the_given_cuda_device(monkeypatch):
     """`sync("cuda:1")` must synchronise device 1, not the current device."""
     seen = []
@@ -116,7 +134,7 @@ def test_dry_run_reports_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     sections = res["sections"]
-    expected = {"cuda_tests", "flops", "encode", "retrieval_sop", "delta", "recipe", "input_pipeline",
+    expected = {"cuda_tests", "flops", "profile_p16_bf16", "encode", "retrieval_sop", "delta", "recipe", "input_pipeline",
                 *(f"train_p{p}_{prec}_plain" for p in (16, 8) for prec in ("bf16", "fp16")),
                 "train_p16_bf16_trainer", "train_p16_fp16_trainer", "train_p16_bf16_plain_compiled",
                 "train_p16_bf16_trainer_compiled"}
@@ -142,6 +160,8 @@ def test_dry_run_reports_every_section(tmp_path):
     assert all(v > 0 for v in pipe["per_worker_images_per_s"].values())
     assert all(v["images_per_s"] > 0 for v in pipe["all_cores"].values())
     assert pipe["batched_aug"]["images_per_s"] > 0 and pipe["batched_aug"]["output_shape"] == [16, 3, 32, 32]
+    assert sum(sections["profile_p16_bf16"]["share_by_kind"].values()) == pytest.approx(1, abs=0.01)
+    assert res["summary"]["profile_p16_bf16"]["busy_fraction"] > 0
     assert sections["encode"]["images_per_s"] > 0
     assert 0 < sections["retrieval_sop"]["metrics"]["recall@1"] <= 1
     assert 0 < sections["delta"]["delta_rel_mean"] < 1
