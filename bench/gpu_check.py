@@ -930,7 +930,7 @@ def recipe_figures(rec: dict, metrics: dict, total: float, launched: float, batc
     # recipe_epochs × steps / epochs steps (50 while an epoch is one class pass = one CUB step).
     epochs = next((h["epoch"] for h in reversed(metrics.get("log_history", [])) if "epoch" in h), None)
     out = {"total_s": round(total, 2), "target_s": RECIPE_TARGET_S, "meets_target": total <= RECIPE_TARGET_S,
-           "phases_s": {k: round(v, 2) for k, v in phases.items()}, "steps_requested": steps_requested,
+           "phases_s": {k: round(v, 3) for k, v in phases.items()}, "steps_requested": steps_requested,
            "steps_done": steps, "batch": batch, "step_end_times_recorded": len(ends),
            "train_images_per_s": round(steps * batch / dur["train"], 1),
            "first_step_s": round(ends[0] - train["start"], 2) if ends else None,

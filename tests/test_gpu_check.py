@@ -189,8 +189,14 @@ def _check_recipe(rec: dict, summary: dict) -> None:
     assert sum(named.values()) <= total + 0.05 and phases["other"] >= -0.05, phases
     assert total <= rec["seconds"] and rec["metrics_wall_seconds"] < total
     assert 0 < rec["first_step_s"] <= phases["train"] + 0.01
-    assert rec["train_images_per_s"] == pytest.approx(rec["steps_done"] * rec["batch"] / phases["train"], rel=0.02)
-    assert rec["eval_images_per_s_before"] == pytest.approx(data["test_images"] / phases["evaluation_before"], rel=0.02)
+
+    def rate_of(images: int, phase_s: float) -> tuple[float, float]:  # the phases are rounded to 1 ms
+        return images / (phase_s + 0.0005) * 0.999, images / max(phase_s - 0.0005, 1e-9) * 1.001
+
+    low, high = rate_of(rec["steps_done"] * rec["batch"], phases["train"])
+    assert low <= rec["train_images_per_s"] <= high
+    low, high = rate_of(data["test_images"], phases["evaluation_before"])
+    assert low <= rec["eval_images_per_s_before"] <= high
     assert rec["steady_images_per_s"] > 0 and math.isfinite(rec["train_loss"])
     assert all(0 <= r <= 1 for r in rec["recall@1_before_after"])
     assert rec["meets_target"] == (total <= 180)
