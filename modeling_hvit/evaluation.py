@@ -354,7 +354,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     parser = HfArgumentParser((EvalArguments, DataArguments), allow_abbrev=False)
     parser.set_defaults(**{f.name: _UNSET for f in fields(DataArguments)})  # tells given flags from defaults
-    args, dargs = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    args, dargs, rest = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv),
+                                                           return_remaining_strings=True)
+    if rest:
+        from .errors import UserError
+
+        raise UserError(f"unknown arguments {rest}; see `hvit eval --help`")
     start = time.perf_counter()
     device = _device(args.device)
     settings = resolve_eval_settings(device.type, args.precision, args.num_workers)

@@ -176,6 +176,23 @@ def test_metric_ships_inside_the_package():
     assert out["recall@1"] == 0.5  # float64 Poincaré distances: items 2 and 3 (class 1) have class-0 nearest neighbours
 
 
+@pytest.mark.parametrize("name, argv", [
+    ("eval", ["--model", "m", "--datase", "cub"]),
+    ("index", ["build", "src", "ix", "--model", "m", "--shard", "4"]),
+    ("search", ["ix", "q.jpg", "--max-dist", "1"]),
+    ("data", ["cache", "--datase", "demo"]),
+])
+def test_abbreviated_flags_are_refused(name, argv, capsys):
+    """`--datase` is not taken for `--dataset` (argparse's default): one line naming it, exit status 2."""
+    try:
+        code = cli.run(name, argv)
+    except SystemExit as exc:  # argparse's own error exit
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and argv[-2] in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"hvit {name}") and "error" in err.strip().splitlines()[-1]
+
+
 def test_diverged_run_is_one_line(tmp_path, capsys):
     """A step with a non-finite loss stops the run (`--on_nonfinite error`) with one line naming the step
     and what to change, not a traceback: a learning rate of 1e30 makes step 2's loss NaN."""

@@ -39,7 +39,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 def index_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="hvit index", description="Build or extend a persistent image index.")
     sub = p.add_subparsers(dest="action", required=True)
-    b = sub.add_parser("build", help="Embed images into a new index (resumes an interrupted build).")
+    b = sub.add_parser("build", allow_abbrev=False, help="Embed images into a new index (resumes an interrupted build).")
     b.add_argument("source", help="Folder, .txt file list, image, hub:org/name or a saved dataset folder.")
     b.add_argument("index", help="Index folder to create.")
     _model_arg(b, required=True)
@@ -52,12 +52,12 @@ def index_parser() -> argparse.ArgumentParser:
     v.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node.")
     v.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth.")
     _source_args(b)
-    a = sub.add_parser("add", help="Append new images to an index (ids already present are skipped).")
+    a = sub.add_parser("add", allow_abbrev=False, help="Append new images to an index (ids already present are skipped).")
     a.add_argument("index", help="Existing index folder.")
     a.add_argument("source", help="Folder, .txt file list, image, hub:org/name or a saved dataset folder.")
     _model_arg(a, required=False)
     _source_args(a)
-    e = sub.add_parser("export", help="Write the vectors as Parquet (id, path, label, vector) for a vector database.")
+    e = sub.add_parser("export", allow_abbrev=False, help="Write the vectors as Parquet (id, path, label, vector) for a vector database.")
     e.add_argument("index", help="Index folder.")
     e.add_argument("output", help="Parquet file to write.")
     e.add_argument("--raw", action="store_true", help="The embeddings as stored (ball points for poincare) "
