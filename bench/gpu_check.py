@@ -305,6 +305,11 @@ KERNEL_KINDS = (
 )
 
 
+def kernel_kind(name: str) -> str:
+    """The kind of a kernel (or CPU op) by its name: the first of `KERNEL_KINDS` that matches, else 'other'."""
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
 def kernel_breakdown(prof, device: torch.device, steps: int, step_s: float, top: int = 12) -> dict:
     """Where a training step's time goes: per kind of kernel (on CPU: of op) and the largest ones, in
     ms per step and as a share of all kernel time; ``busy_fraction`` = kernel time ÷ the step's
@@ -333,7 +338,7 @@ def kernel_breakdown(prof, device: torch.device, steps: int, step_s: float, top:
     kinds: dict[str, float] = {}
     named = []
     for name, ms in sorted(rows.items(), key=lambda kv: -kv[1]):
-        kind = next((k for k, pattern in KERNEL_KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
+        kind = kernel_kind(name)
         kinds[kind] = kinds.get(kind, 0.0) + ms
         named.append({"name": name[:100], "kind": kind, "ms_per_step": _sig(ms), "share": _sig(ms / total, 3)})
     return {"what": what, "steps_profiled": steps,

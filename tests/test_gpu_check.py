@@ -56,10 +56,38 @@ def test_profile_breakdown_accounts_for_the_step():
     assert sum(prof["share_by_kind"].values()) == pytest.approx(1, abs=0.01)
     ms = [row["ms_per_step"] for row in prof["top"]]
     assert ms == sorted(ms, reverse=True) and len(ms) == 12
-    kinds = {row["name"]: row["kind"] for row in prof["top"]}
-    assert kinds.get("aten::addmm", "matmul") == "matmul" and kinds.get("aten::mm", "matmul") == "matmul"
-    assert max(prof["share_by_kind"], key=prof["share_by_kind"].get) == "matmul"
+    assert set(prof["share_by_kind"]) <= {kind for kind, _ in gpu_check.KERNEL_KINDS} | {"other"}
+    assert prof["share_by_kind"]["matmul"] > 0 and all(row["kind"] == gpu_check.kernel_kind(row["name"])
+                                                      for row in prof["top"])
     assert 0 < prof["busy_fraction"] < 2 and prof["kernel_ms_per_step"] > 0
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel__5x_cublas", "matmul"),
+    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", "matmul"),
+    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_16x16_128x2_tn_align8>(Params)", "matmul"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4, false, false, cutlass::bfloat16_t>, "
+     "false, false, false, false, true, true, false>(Flash_fwd_params)", "attention"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>(int, float, "
+     "c10::BFloat16 const*, c10::BFloat16 const*, c10::BFloat16 const*, float*, float*, c10::BFloat16*)", "layer_norm"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&, "
+     "at::native::GeluType)::{lambda()#2}::operator()() const, at::detail::Array<char*, 2> >(int, T2, T3)", "elementwise"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, at::native::(anonymous "
+     "namespace)::SoftMaxForwardEpilogue>(float*, float const*, int)", "softmax"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+     "FusedAdamMathFunctor<float, 4, (at::native::ADAM_MODE)1, false>>(...)", "optimizer / clip"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float, "
+     "at::native::sum_functor<float, float, float>::operator()>, unsigned int, float, 4> >(...)", "reduction"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)"
+     "::{lambda()#3}::operator()() const::{lambda()#10}::operator()() const::{lambda(c10::BFloat16)#1}, ...>", "copy / layout"),
+    ("aten::addmm", "matmul"), ("aten::mm", "matmul"), ("aten::add_", "elementwise"), ("aten::native_layer_norm", "layer_norm"),
+    ("Memset (Device)", "other"),
+])
+def test_kernel_kinds_by_name(name, kind):
+    """Kernel names as torch.profiler lists them for a bf16 ViT step on a Hopper GPU, and CPU op names."""
+    import gpu_check
+
+    assert gpu_check.kernel_kind(name) == kind
 
 
 def test_sync_waits_for_the_given_cuda_device(monkeypatch):
