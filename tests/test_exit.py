@@ -29,12 +29,12 @@ SCRIPT = textwrap.dedent("""
         child.start()
         open(sys.argv[1], "w").write(str(child.pid))
         atexit.register(lambda: print("finalized", flush=True))
-        a = torch.randn(1500, 1500)
+        a = torch.randn(300, 300)
         busy = threading.Event()
 
-        def work():  # C++ work with the GIL released, still running when the main thread ends
-            busy.set()
-            for _ in range(200):
+        def work():  # short C++ calls with the GIL released, until the process ends: the thread is nearly
+            busy.set()  # always inside one, and takes the GIL back within milliseconds of finalization starting
+            while True:
                 torch.mm(a, a)
 
         threading.Thread(target=work, daemon=True).start()
