@@ -129,9 +129,7 @@ def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 def run_on_main(fn: Callable[[], T]) -> T:
     """``fn()`` on rank 0 only; every rank returns its (pickled, broadcast) result. A collective: every
     rank calls it. An exception in ``fn`` is raised on every rank (rank 0: the original; the others: the
-    same exception when it pickles, else a RuntimeError with its message), so no rank waits forever.
-    (It does not change torch's thread count: a `set_num_threads` round trip made 2-process CPU runs
-    abort at exit, "terminate called without an active exception", in about 1 run in 3.)"""
+    same exception when it pickles, else a RuntimeError with its message), so no rank waits forever."""
     if not is_distributed():
         return fn()
     box: list = [None]

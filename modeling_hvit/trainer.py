@@ -226,7 +226,7 @@ class HViTTrainer(Trainer):
       parameter gradients equal a single process on the global batch;
     - AdamW with weight decay on every parameter (the original), constant LR, clip 3 (the arguments);
     - evaluation embeds the eval split and reports retrieval metrics (`make_compute_metrics`), searching
-      on the model's device; every rank computes them on the gathered embeddings (the same values);
+      on the model's device, once (rank 0), every rank returning the same values (`distributed.run_on_main`);
     - loss statistics (positive/negative logits, in-batch accuracy) are averaged into the logs;
     - a NaN/inf loss or gradient norm stops the run at that step (or skips the update,
       ``on_nonfinite="skip"``);

@@ -283,18 +283,18 @@ def cached_train_split(train_ds, dargs: TrainDataArguments, targs: HViTTrainingA
     those of the saved model's processor on the original images (eval_hvit.py, the model card)."""
     import re
 
-    from .data.cache import build_cache, cache_path, default_cache_dir, is_complete
+    from .data.cache import META, build_cache, default_cache_dir
 
     root = Path(dargs.cache_dir).expanduser() if dargs.cache_dir else default_cache_dir()
     where = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", dargs.dataset) / "train"
-    settings = {"min_side": dargs.cache_min_side, "fmt": dargs.cache_format}
     start = time.perf_counter()
     with targs.main_process_first(desc="image cache"):
-        found = is_complete(cache_path(train_ds, where, **settings))
-        cached = build_cache(train_ds, where, **settings,
+        entered = time.time()  # a cache finished before this was found, not built (one fingerprint pass)
+        cached = build_cache(train_ds, where, min_side=dargs.cache_min_side, fmt=dargs.cache_format,
                              num_proc=targs.dataloader_num_workers if targs.dataloader_num_workers > 1 else None)
+    folder = Path(cached.cache_files[0]["filename"]).parent
+    found = (folder / META).stat().st_mtime < entered
     if targs.process_index == 0 or not found:
-        folder = Path(cached.cache_files[0]["filename"]).parent
         print(f"image cache: train split ({len(cached)} images, {dargs.cache_format}, shorter side "
               f"{dargs.cache_min_side}) {'read from' if found else 'built in'} {folder} "
               f"({time.perf_counter() - start:.1f} s, process {targs.process_index})", flush=True)
